@@ -1,0 +1,1 @@
+"""export part of imgzoo (see DESIGN.md)."""

@@ -1,0 +1,5 @@
+import sys
+
+from imgzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+import argparse
+from typing import Any
+
+
+def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
+    """imgzoo demo (filled in later)."""

@@ -1,0 +1,1 @@
+"""models part of imgzoo (see DESIGN.md)."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that integration tests drive for real, when we can:
+#   prometheus -> promtool (checks the live /metrics output)
+# Without root or apt the tests that need them skip with a reason.
+set -euo pipefail
+packages=(prometheus)
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "note: not root or no apt-get; tests needing ${missing[*]} will skip" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]} (wanted: ${packages[*]})"

@@ -1,0 +1,1 @@
+"""service part of imgzoo (see DESIGN.md)."""

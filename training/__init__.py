@@ -1,0 +1,1 @@
+"""training part of imgzoo (see DESIGN.md)."""
