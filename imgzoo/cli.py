@@ -26,7 +26,8 @@ Command = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgzoo",
-        description="Train compact image classifiers, export them to ONNX / TorchScript, serve them.",
+        description="Train compact image classifiers, export them to ONNX and TorchScript, "
+        "and serve them.",
     )
     parser.add_argument("--version", action="version", version=f"imgzoo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -16,21 +16,29 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imgzoo.errors import UserError
 from imgzoo.names import NAME_PATTERN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MANIFEST_FILENAME = "manifest.json"
 ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.ts"
 ONNX_FP16_FILENAME = "model.fp16.onnx"
 CONFIG_FILENAME = "config.json"
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+INPUT_NAME: Final = "image"
+OUTPUT_NAME: Final = "logits"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -103,7 +111,7 @@ class TrainingInfo(_Strict):
     seconds: float = Field(ge=0)
     device: str
     seed: int
-    hyperparameters: dict[str, float | int | str | bool | None | list[float] | list[int]] = {}
+    hyperparameters: dict[str, JsonValue] = {}
 
 
 class ParityResult(_Strict):
@@ -111,7 +119,9 @@ class ParityResult(_Strict):
 
     runtime: Literal["onnxruntime", "torchscript", "onnxruntime_fp16"]
     images: int = Field(gt=0)
-    image_source: str = Field(description="Where the images came from (data set split or embedded).")
+    image_source: str = Field(
+        description="Where the images came from (data set split or embedded)."
+    )
     batch_sizes: list[int]
     max_abs_diff: float = Field(ge=0)
     tolerance: float = Field(gt=0)
@@ -127,7 +137,9 @@ class ExportInfo(_Strict):
     onnx_version: str
     onnxruntime_version: str
     simplified: bool = False
-    simplification: str | None = Field(default=None, description="What graph simplification changed.")
+    simplification: str | None = Field(
+        default=None, description="What graph simplification changed."
+    )
     parity: list[ParityResult]
 
 
@@ -144,7 +156,9 @@ class Manifest(_Strict):
     metrics: Metrics
     training: TrainingInfo
     export: ExportInfo
-    sha256: dict[str, Sha256] = Field(description="sha256 of every file of the version but this one.")
+    sha256: dict[str, Sha256] = Field(
+        description="sha256 of every file of the version but this one."
+    )
     created_at: datetime
     git_commit: str | None = None
 
@@ -196,7 +210,9 @@ def load_manifest(version_dir: Path) -> Manifest:
     expected = (version_dir.parent.parent.name, version_dir.parent.name, version_dir.name)
     actual = (manifest.dataset, manifest.model, str(manifest.version))
     if expected != actual:
-        raise ManifestError(f"{path}: manifest names {'/'.join(actual)}, directory is {'/'.join(expected)}")
+        raise ManifestError(
+            f"{path}: manifest names {'/'.join(actual)}, directory is {'/'.join(expected)}"
+        )
     return manifest
 
 
@@ -217,8 +233,7 @@ def verify_files(version_dir: Path, manifest: Manifest) -> None:
             raise ManifestError(f"{path}: listed in the manifest but missing")
         size = path.stat().st_size
         if size != manifest.metrics.file_sizes[filename]:
-            raise ManifestError(
-                f"{path}: size {size} differs from the manifest's {manifest.metrics.file_sizes[filename]}"
-            )
+            recorded = manifest.metrics.file_sizes[filename]
+            raise ManifestError(f"{path}: size {size} differs from the manifest's {recorded}")
         if sha256_file(path) != expected:
             raise ManifestError(f"{path}: sha256 differs from the manifest")
