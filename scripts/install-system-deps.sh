@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that integration tests drive for real, when we can:
 #   prometheus -> promtool (checks the live /metrics output)
+#   chromium + chromium-driver -> the web page tested in a real headless browser
 # Without root or apt the tests that need them skip with a reason.
 set -euo pipefail
-packages=(prometheus)
+packages=(prometheus chromium chromium-driver)
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

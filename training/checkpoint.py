@@ -118,7 +118,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an imgzoo checkpoint")
     if raw.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {raw.get('format_version')} unsupported")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {raw.get('format_version')} unsupported"
+        )
     try:
         return Checkpoint(
             architecture=raw["architecture"],

@@ -1,0 +1,64 @@
+"""The exported signature: uint8 NHWC `image` in, float32 `logits` out.
+
+`NHWCToNCHW -> Normalize -> network` in one module, so the float conversion and mean / std
+normalisation are part of the graph and serving cannot feed the network differently from
+training. The same wrapper is traced to TorchScript and exported to ONNX.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from models.preprocess import NHWCToNCHW, Normalize
+
+
+class ExportWrapper(nn.Module):
+    """`image` uint8 `[N, H, W, C]` -> `logits` float32 `[N, K]`.
+
+    `compute_dtype` other than float32 (the fp16 export) casts the normalised input to that
+    dtype for the network and the logits back to float32, so the graph's interface is the
+    same. The network's weights must already be in `compute_dtype`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.to_nchw = NHWCToNCHW()
+        self.normalize = Normalize(mean, std)
+        self.network = network
+        self.compute_dtype = compute_dtype
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(self.to_nchw(image))
+        if self.compute_dtype != torch.float32:
+            x = x.to(self.compute_dtype)
+        logits: torch.Tensor = self.network(x)
+        if logits.dtype != torch.float32:
+            logits = logits.to(torch.float32)
+        return logits
+
+
+def build_wrapper(
+    network: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    half: bool = False,
+) -> ExportWrapper:
+    """An eval-mode wrapper; `half` wraps an fp16 copy of the network (the original stays)."""
+    if half:
+        network = copy.deepcopy(network).half()
+    wrapper = ExportWrapper(
+        network, mean, std, compute_dtype=torch.float16 if half else torch.float32
+    )
+    return wrapper.eval()

@@ -1,0 +1,234 @@
+"""Dynamic batching: images queue per model version, workers run them as batches.
+
+One worker per session of the pool takes the first waiting image, then whatever else is queued
+up to `max_batch_size`, waiting at most `max_queue_delay` for more, stacks the rows into one
+uint8 array and runs it off the event loop. Each caller's future gets its own row of logits.
+
+The queue is bounded (`QueueFull`, 503 with Retry-After); every image has a deadline
+(`DeadlineExceeded`, 504): an image whose deadline passed before its batch started is dropped
+unrun. A runtime error fails only the batch it happened in (`InferenceFailed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
+from service.runtime import Logits, UInt8Batch
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[[UInt8Batch], Awaitable[tuple[Logits, float]]]
+BatchObserver = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """One image's answer from the batcher."""
+
+    logits: npt.NDArray[np.float32]
+    batch_size: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(slots=True)
+class _Item:
+    image: npt.NDArray[np.uint8]
+    future: asyncio.Future[RowResult]
+    enqueued: float
+    deadline: float
+
+
+@dataclass
+class BatcherStats:
+    """Live counters of one batcher (shown by /models)."""
+
+    images: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    expired: int = 0
+    rejected: int = 0
+    inference_seconds: float = field(default=0.0)
+
+
+class Batcher:
+    """The queue and workers of one model version."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        workers: int,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        timeout_s: float,
+        name: str,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self._run = run
+        self._workers_wanted = workers
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.timeout_s = timeout_s
+        self.name = name
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running_batches = 0
+        self._closing = False
+        self.stats = BatcherStats()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting (not yet taken into a batch)."""
+        return self._queue.qsize()
+
+    @property
+    def busy_workers(self) -> int:
+        return self._running_batches
+
+    def start(self) -> None:
+        """Start the workers on the running loop."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{i}")
+            for i in range(self._workers_wanted)
+        ]
+
+    def submit(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[asyncio.Future[RowResult]]:
+        """Queue images (each H, W, C uint8), all or none; each future resolves with its row."""
+        if self._closing:
+            raise ShuttingDown("the service is shutting down")
+        if self._queue.qsize() + len(images) > self.max_queue_size:
+            self.stats.rejected += len(images)
+            raise QueueFull(
+                "the model's queue is full, retry later",
+                details={"max_queue_size": self.max_queue_size},
+                headers={"Retry-After": str(self._retry_after_s())},
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + self.timeout_s
+        futures: list[asyncio.Future[RowResult]] = []
+        for image in images:
+            future: asyncio.Future[RowResult] = loop.create_future()
+            self._queue.put_nowait(_Item(image, future, now, deadline))
+            futures.append(future)
+        return futures
+
+    def _retry_after_s(self) -> int:
+        """Whole seconds until the queue has likely drained (at least 1)."""
+        per_batch = self.stats.inference_seconds / self.stats.batches if self.stats.batches else 0
+        batches = self._queue.qsize() / self.max_batch_size / max(1, self._workers_wanted)
+        return max(1, math.ceil(batches * per_batch))
+
+    async def infer(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[RowResult]:
+        """Queue images and wait for their rows, at most until their common deadline."""
+        futures = self.submit(images)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+        except TimeoutError:
+            self.stats.expired += sum(1 for f in futures if f.cancelled())
+            raise DeadlineExceeded(
+                "the image was not processed before its deadline",
+                details={"timeout_ms": round(self.timeout_s * 1000, 3)},
+            ) from None
+
+    async def close(self) -> None:
+        """Refuse new images, let the queued ones run, then stop the workers."""
+        self._closing = True
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # ------------------------------------------------------------------ worker
+
+    async def _collect(self) -> list[_Item]:
+        """The next batch: the first image, then what queued within the delay."""
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.max_queue_delay_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = until - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            try:
+                await self._process(batch, loop)
+            except Exception:  # never let one batch kill the worker
+                logger.exception("batcher %s: unexpected error", self.name)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _process(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        live: list[_Item] = []
+        for item in batch:
+            if item.future.done():  # the caller gave up (deadline or disconnect)
+                continue
+            if item.deadline <= now:
+                self.stats.expired += 1
+                item.future.set_exception(DeadlineExceeded("the image expired in the queue"))
+                continue
+            live.append(item)
+        if not live:
+            return
+        images = np.stack([item.image for item in live])
+        size = len(live)
+        self._running_batches += 1
+        try:
+            logits, seconds = await self._run(images)
+            if logits.shape[0] != size:
+                raise RuntimeError(f"a batch of {size} gave {logits.shape[0]} rows")
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            logger.error("batcher %s: batch of %d failed: %s", self.name, size, exc)
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(
+                        InferenceFailed("the model failed on the batch this image was in")
+                    )
+            return
+        finally:
+            self._running_batches -= 1
+        self.stats.images += size
+        self.stats.batches += 1
+        self.stats.inference_seconds += seconds
+        if self._on_batch is not None:
+            self._on_batch(size)
+        for row, item in enumerate(live):
+            if not item.future.done():
+                item.future.set_result(RowResult(logits[row], size, now - item.enqueued, seconds))

@@ -1,0 +1,186 @@
+"""The data plane: images in, top-k out. Routers stay thin and delegate here.
+
+predict = decode (thread pool, off the event loop) -> the model's batcher -> softmax (float64,
+max-subtracted) -> top-k, with the latency of every stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import ServiceError
+from service.imaging import DecodeLimits, decode_image
+from service.metrics import UNKNOWN, ServiceMetrics
+from service.registry import ModelRegistry, ModelVersion
+from service.settings import Settings
+from service.uploads import UploadLimits
+
+logger = logging.getLogger(__name__)
+
+# The client went away before its answer (nginx's convention); counted, never sent.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def softmax(logits: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """Probabilities of one row of logits, in float64, stable for any logit magnitude."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max()
+    e = np.exp(z)
+    probabilities: npt.NDArray[np.float64] = e / e.sum()
+    return probabilities
+
+
+def top_k_predictions(
+    logits: npt.NDArray[np.floating[Any]], labels: Sequence[str], k: int
+) -> list[dict[str, Any]]:
+    """The k most probable labels, best first (ties: lower index first)."""
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [
+        {"label": labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order
+    ]
+
+
+@dataclass
+class Outcome:
+    """Filled by a request while `DataPlane.track` watches it."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    body: dict[str, Any]
+    stages: dict[str, float]
+
+
+class DataPlane:
+    """Prediction for the routers: owns the decode threads, uses the registry's batchers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: ServiceMetrics,
+        decode_threads: int,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = DecodeLimits(
+            max_pixels=settings.max_image_pixels, formats=frozenset(settings.image_formats)
+        )
+        self.upload_limits = UploadLimits(
+            max_bytes=settings.max_upload_bytes, max_images=settings.max_images_per_request
+        )
+        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=True)
+
+    @contextmanager
+    def track(self, dataset: str, model: str) -> Iterator[Outcome]:
+        """Count one prediction request (status, stages, in-flight), whatever its outcome."""
+        outcome = Outcome()
+        known = self.registry.has_model(dataset, model)
+        labels = (dataset, model) if known else (UNKNOWN, UNKNOWN)
+        self.metrics.inflight.inc()
+        status = 500
+        try:
+            yield outcome
+            status = 200
+        except ServiceError as exc:
+            status = exc.status_code
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.observe_request(*labels, status, outcome.stages if status == 200 else None)
+
+    def resolve(self, dataset: str, model: str, version: int | None) -> ModelVersion:
+        return self.registry.resolve(dataset, model, version)
+
+    async def predict(
+        self,
+        entry: ModelVersion,
+        images: Sequence[bytes],
+        *,
+        top_k: int | None,
+        request_id: str,
+        started: float,
+    ) -> PredictResult:
+        """Decode, batch, run and rank `images` with one loaded model version."""
+        k = min(top_k or self.settings.default_top_k, entry.manifest.num_classes)
+        entry.counters.requests += 1
+        try:
+            decode_start = perf_counter()
+            arrays = await self._decode_all(entry, images)
+            decode_s = perf_counter() - decode_start
+            rows = await entry.batcher.infer(arrays)
+        except BaseException:
+            entry.counters.failed += 1
+            raise
+        labels = entry.manifest.labels
+        results = [
+            {
+                "predictions": top_k_predictions(row.logits, labels, k),
+                "batch_size": row.batch_size,
+                "latency_ms": {"queue": _ms(row.queue_s), "inference": _ms(row.inference_s)},
+            }
+            for row in rows
+        ]
+        stages = {
+            "decode": decode_s,
+            "queue": max(row.queue_s for row in rows),
+            "inference": max(row.inference_s for row in rows),
+            "total": perf_counter() - started,
+        }
+        body = {
+            "request_id": request_id,
+            "dataset": entry.dataset,
+            "model": entry.model,
+            "version": entry.version,
+            "provider": entry.provider,
+            "predictions": results[0]["predictions"],
+            "batch_size": results[0]["batch_size"],
+            "latency_ms": {stage: _ms(seconds) for stage, seconds in stages.items()},
+            "results": results,
+        }
+        return PredictResult(body, stages)
+
+    async def _decode_all(
+        self, entry: ModelVersion, images: Sequence[bytes]
+    ) -> list[npt.NDArray[np.uint8]]:
+        loop = asyncio.get_running_loop()
+        spec = entry.manifest.input
+        jobs = [
+            loop.run_in_executor(self._decoder, decode_image, data, spec, self.limits)
+            for data in images
+        ]
+        decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        arrays: list[npt.NDArray[np.uint8]] = []
+        for index, item in enumerate(decoded):
+            if isinstance(item, ServiceError):
+                if len(images) > 1:
+                    item.details = {**item.details, "image_index": index}
+                raise item
+            if isinstance(item, BaseException):
+                raise item
+            arrays.append(item)
+        return arrays
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)

@@ -1,0 +1,304 @@
+"""ONNX Runtime: the CPU budget, execution-provider selection, and a pool of sessions per model.
+
+Sessions are created and run in threads; ONNX Runtime releases the GIL while it computes, so
+several sessions (and image decoding) overlap on the event loop's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from imgzoo.errors import UserError
+from imgzoo.manifest import INPUT_NAME, OUTPUT_NAME, InputSpec
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+UInt8Batch = npt.NDArray[np.uint8]
+Logits = npt.NDArray[np.float32]
+
+
+# --------------------------------------------------------------------------- CPU budget
+
+
+def cgroup_cpu_limit(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """CPUs granted by the cgroup v2 `cpu.max` quota of this process (tightest ancestor).
+
+    None when there is no quota (`max`) or no cgroup v2 hierarchy.
+    """
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    relative = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    directory = cgroup_root / relative.lstrip("/")
+    limits: list[float] = []
+    while True:
+        try:
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                limits.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            pass
+        if directory == cgroup_root or cgroup_root not in directory.parents:
+            break
+        directory = directory.parent
+    return min(limits) if limits else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by the cgroup quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def threads_per_session(configured: int, sessions: int) -> int:
+    """`configured` when set, else the available CPUs shared among the sessions of a model."""
+    if configured > 0:
+        return configured
+    return max(1, available_cpus() // max(1, sessions))
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class ProviderUnavailableError(UserError):
+    """An explicitly requested execution provider that this installation cannot run."""
+
+
+ProviderList = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """Which providers sessions are created with, and why."""
+
+    requested: str
+    providers: ProviderList
+    reason: str
+
+
+def plan_providers(requested: str) -> ProviderPlan:
+    """Turn `auto|cpu|cuda|tensorrt` into the provider list sessions are created with.
+
+    GPU providers are only listed when the installed onnxruntime offers them; whether a session
+    really runs on one is confirmed per session (`ProviderSelector.confirm`).
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if requested == "cpu":
+        return ProviderPlan(requested, (CPU,), "CPU requested")
+    wants_gpu = requested in ("cuda", "tensorrt") or CUDA in available
+    if wants_gpu and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu can load CUDA / cuDNN from the nvidia-* pip packages.
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # a missing library is reported by session creation
+            logger.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if requested == "tensorrt":
+        if TENSORRT not in available:
+            raise ProviderUnavailableError(
+                "TensorRT requested but this onnxruntime has no TensorrtExecutionProvider"
+            )
+        return ProviderPlan(requested, (TENSORRT, CUDA, CPU), "TensorRT requested")
+    if requested == "cuda":
+        if CUDA not in available:
+            raise ProviderUnavailableError(
+                "CUDA requested but this onnxruntime has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu)"
+            )
+        return ProviderPlan(requested, (CUDA, CPU), "CUDA requested")
+    if CUDA in available:
+        return ProviderPlan(requested, (CUDA, CPU), "onnxruntime-gpu is installed")
+    return ProviderPlan(requested, (CPU,), "no GPU provider in this onnxruntime")
+
+
+class ProviderSelector:
+    """Checks what sessions really got, and says once, in one line, what the service runs on."""
+
+    def __init__(self, plan: ProviderPlan) -> None:
+        self.plan = plan
+        self._announced: str | None = None
+
+    def confirm(self, session_providers: Sequence[str]) -> str:
+        """The provider a new session actually runs on; refuse a GPU that was asked for."""
+        actual = session_providers[0] if session_providers else CPU
+        wanted = self.plan.providers[0]
+        if self.plan.requested in ("cuda", "tensorrt") and actual != wanted:
+            raise ProviderUnavailableError(
+                f"{self.plan.requested} requested but the session runs on {actual} "
+                "(CUDA libraries missing or no usable GPU)"
+            )
+        if self._announced is None:
+            note = self.plan.reason
+            if actual != wanted:
+                note = f"{wanted} did not initialise, fell back"
+            logger.info(
+                "execution provider: %s (requested %s; %s)", actual, self.plan.requested, note
+            )
+            self._announced = actual
+        elif actual != self._announced:
+            logger.warning("a session runs on %s while others run on %s", actual, self._announced)
+        return actual
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Session(Protocol):
+    """The part of `onnxruntime.InferenceSession` the service uses (tests substitute it)."""
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any]) -> Sequence[Any]: ...
+
+    def get_providers(self) -> list[str]: ...
+
+    def get_inputs(self) -> list[Any]: ...
+
+    def get_outputs(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to create one session."""
+
+    providers: ProviderList
+    intra_op_threads: int
+    spinning: bool
+
+
+SessionFactory = Callable[[bytes, SessionSpec], Session]
+
+
+def create_ort_session(model: bytes, spec: SessionSpec) -> Session:
+    """An `onnxruntime.InferenceSession` with full graph optimisation and the given threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = spec.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    spin = "1" if spec.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    session: Session = ort.InferenceSession(model, sess_options=options, providers=spec.providers)
+    return session
+
+
+class GraphMismatchError(UserError):
+    """An ONNX graph whose input or output does not match its manifest."""
+
+
+def check_signature(session: Session, spec: InputSpec, num_classes: int) -> None:
+    """The graph must take uint8 `image [N, H, W, C]` and give float32 `logits [N, K]`."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    input_names, output_names = [i.name for i in inputs], [o.name for o in outputs]
+    if input_names != [INPUT_NAME]:
+        raise GraphMismatchError(f"graph inputs are {input_names}, expected ['image']")
+    if OUTPUT_NAME not in output_names:
+        raise GraphMismatchError(f"graph outputs are {output_names}, expected 'logits'")
+    image = inputs[0]
+    if image.type != "tensor(uint8)":
+        raise GraphMismatchError(f"graph input 'image' is {image.type}, expected tensor(uint8)")
+    expected = [spec.height, spec.width, spec.channels]
+    shape = list(image.shape)
+    if len(shape) != 4 or any(
+        isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
+    ):
+        raise GraphMismatchError(f"graph input shape {shape} does not fit NHWC [N, {expected}]")
+    logits = next(o for o in outputs if o.name == OUTPUT_NAME)
+    out_shape = list(logits.shape)
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != num_classes):
+        raise GraphMismatchError(f"graph output shape {out_shape} does not fit [N, {num_classes}]")
+
+
+class SessionPool:
+    """N sessions of one model; each batch runs on a free one in the pool's own threads."""
+
+    def __init__(self, sessions: Sequence[Session], provider: str, name: str) -> None:
+        if not sessions:
+            raise ValueError("a session pool needs at least one session")
+        self.provider = provider
+        self.size = len(sessions)
+        self._sessions = list(sessions)
+        self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
+        for session in sessions:
+            self._free.put(session)
+        self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=f"ort-{name}")
+
+    @property
+    def sessions(self) -> tuple[Session, ...]:
+        return tuple(self._sessions)
+
+    def run_sync(self, batch: UInt8Batch) -> tuple[Logits, float]:
+        """Run one batch on a free session (blocking); returns logits and seconds spent."""
+        session = self._free.get()
+        try:
+            start = perf_counter()
+            logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            elapsed = perf_counter() - start
+        finally:
+            self._free.put(session)
+        return np.asarray(logits, dtype=np.float32), elapsed
+
+    async def run(self, batch: UInt8Batch) -> tuple[Logits, float]:
+        """Run one batch off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, batch)
+
+    def warm_up(self, spec: InputSpec, batch_sizes: Sequence[int], num_classes: int) -> None:
+        """Run every batch size on every session once, checking the output shape (blocking)."""
+        for session in self._sessions:
+            for size in sorted(set(batch_sizes)):
+                batch = np.zeros((size, spec.height, spec.width, spec.channels), dtype=np.uint8)
+                logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+                if tuple(np.shape(logits)) != (size, num_classes):
+                    raise GraphMismatchError(
+                        f"batch of {size} gave logits of shape {tuple(np.shape(logits))}, "
+                        f"expected {(size, num_classes)}"
+                    )
+
+    def close(self) -> None:
+        """Wait for running batches, then release the threads."""
+        self._executor.shutdown(wait=True)
+
+
+def create_pool(
+    model: bytes,
+    *,
+    count: int,
+    spec: SessionSpec,
+    selector: ProviderSelector,
+    name: str,
+    factory: SessionFactory = create_ort_session,
+) -> SessionPool:
+    """Create `count` sessions of one model (blocking) and check what they run on."""
+    sessions = [factory(model, spec) for _ in range(count)]
+    providers = {selector.confirm(s.get_providers()) for s in sessions}
+    return SessionPool(sessions, provider=sorted(providers)[0], name=name)

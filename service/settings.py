@@ -1,0 +1,194 @@
+"""The one settings object of the service: every knob, its unit, its `IMGZOO_` variable.
+
+`Settings()` reads the environment (prefix `IMGZOO_`, e.g. `IMGZOO_MAX_BATCH_SIZE=64`); keyword
+arguments override it (the command line uses that). Nothing else in the service reads the
+environment. Per-model overrides of the batching knobs live in
+`<repository>/<dataset>/<model>/config.json` (`ModelConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgzoo.errors import UserError
+
+Providers = Literal["auto", "cpu", "cuda", "tensorrt"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF"]
+
+_T = TypeVar("_T")
+
+SUPPORTED_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is also the environment variable `IMGZOO_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMGZOO_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    repository: Path = Field(
+        default=Path("model_repository"),
+        description="Model repository directory (`<dataset>/<model>/<version>/`).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `imgzoo serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port `imgzoo serve` binds.")
+    providers: Providers = Field(
+        default="auto",
+        description=(
+            "ONNX Runtime execution providers: `auto` (CUDA when onnxruntime-gpu is installed "
+            "and a session really runs on it, else CPU), `cpu`, `cuda` or `tensorrt` "
+            "(an explicit choice that cannot be honoured stops the start-up)."
+        ),
+    )
+    sessions: int = Field(
+        default=1, ge=1, le=64, description="ONNX Runtime sessions (parallel batches) per model."
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description=(
+            "Threads per ONNX Runtime session; 0 = the CPUs this process may use "
+            "(affinity and cgroup quota) divided by `sessions`."
+        ),
+    )
+    intra_op_spinning: bool = Field(
+        default=False,
+        description="Let idle ONNX Runtime threads spin (lower latency on a dedicated machine, "
+        "burns CPU on a shared one).",
+    )
+    decode_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads decoding uploaded images; 0 = the CPUs this process may use.",
+    )
+    max_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Most images one inference batch holds (images)."
+    )
+    max_queue_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=10_000,
+        description="Longest a batch waits for more images once it has one (milliseconds).",
+    )
+    max_queue_size: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Images waiting per model version before new ones get 503 (images).",
+    )
+    request_timeout_ms: float = Field(
+        default=10_000,
+        gt=0,
+        le=3_600_000,
+        description="Deadline of an image from arrival in the queue to its result; "
+        "past it the answer is 504 (milliseconds).",
+    )
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1,
+        description="Largest request body, all images together (bytes); larger gets 413.",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Largest decoded image (width x height, pixels); larger gets 413.",
+    )
+    max_images_per_request: int = Field(
+        default=32, ge=1, le=4096, description="Most images one /predict request may carry."
+    )
+    image_formats: tuple[ImageFormat, ...] = Field(
+        default=SUPPORTED_FORMATS,
+        min_length=1,
+        description="Image formats accepted for decoding; others get 415 "
+        '(JSON list in the environment, e.g. `["JPEG","PNG"]`).',
+    )
+    default_top_k: int = Field(
+        default=5, ge=1, le=1000, description="Predictions returned when a request omits top_k."
+    )
+    warmup: bool = Field(
+        default=True,
+        description="Run every batch size a model will use before it is ready.",
+    )
+    readiness_strict: bool = Field(
+        default=False,
+        description="When true, /readyz is 503 while any version in the repository failed to "
+        "load; when false, failed versions are reported but do not hold readiness back.",
+    )
+    graceful_shutdown_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long open requests may still finish (seconds).",
+    )
+    access_log: bool = Field(default=False, description="Log one line per HTTP request.")
+    log_level: LogLevel = Field(default="info", description="Log level of the service.")
+
+
+class ModelConfig(BaseModel):
+    """`<repository>/<dataset>/<model>/config.json`: per-model overrides of the settings.
+
+    Every field is optional; absent fields take the service-wide setting.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_queue_size: int | None = Field(default=None, ge=1, le=1_000_000)
+    sessions: int | None = Field(default=None, ge=1, le=64)
+    timeout_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+
+
+class BatchingConfig(BaseModel):
+    """The effective batching knobs of one model: settings overlaid with its config.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+    sessions: int
+    timeout_ms: float
+
+    @classmethod
+    def resolve(cls, settings: Settings, override: ModelConfig) -> BatchingConfig:
+        return cls(
+            max_batch_size=_pick(override.max_batch_size, settings.max_batch_size),
+            max_queue_delay_ms=_pick(override.max_queue_delay_ms, settings.max_queue_delay_ms),
+            max_queue_size=_pick(override.max_queue_size, settings.max_queue_size),
+            sessions=_pick(override.sessions, settings.sessions),
+            timeout_ms=_pick(override.timeout_ms, settings.request_timeout_ms),
+        )
+
+
+def _pick(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+class ModelConfigError(UserError):
+    """A config.json that is unreadable or does not satisfy `ModelConfig`."""
+
+
+def load_model_config(model_dir: Path, filename: str) -> ModelConfig:
+    """Read `<model_dir>/<filename>` when present; an absent file means no overrides."""
+    path = model_dir / filename
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelConfigError(f"{filename}: not readable JSON ({type(exc).__name__})") from None
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ModelConfigError(f"{filename}: invalid at {where}: {first['msg']}") from None

@@ -1,0 +1,163 @@
+"""The dynamic batcher on its own, with a fake model (fast, no ONNX)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
+from service.runtime import Logits, UInt8Batch
+
+
+def _image(value: int) -> np.ndarray:
+    return np.full((2, 2, 1), value, dtype=np.uint8)
+
+
+class FakeModel:
+    """Logits row = the image's first pixel repeated; records each batch size."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.batches: list[int] = []
+        self.fail_next = False
+
+    async def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+        self.batches.append(len(batch))
+        await asyncio.sleep(self.delay)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        logits = np.repeat(batch[:, 0, 0, :].astype(np.float32), 3, axis=1)
+        return logits, self.delay
+
+
+def _batcher(model: FakeModel, **kwargs: float) -> Batcher:
+    options: dict[str, float] = {
+        "workers": 1,
+        "max_batch_size": 4,
+        "max_queue_delay_s": 0.01,
+        "max_queue_size": 100,
+        "timeout_s": 5.0,
+    }
+    options.update(kwargs)
+    return Batcher(
+        model,
+        workers=int(options["workers"]),
+        max_batch_size=int(options["max_batch_size"]),
+        max_queue_delay_s=options["max_queue_delay_s"],
+        max_queue_size=int(options["max_queue_size"]),
+        timeout_s=options["timeout_s"],
+        name="test",
+    )
+
+
+def test_rows_go_back_to_their_callers_in_batches_up_to_the_maximum() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.02)
+        batcher = _batcher(model)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.infer([_image(i)]) for i in range(10)))
+        for i, (row,) in enumerate(results):
+            assert row.logits.tolist() == [i, i, i]
+            assert 1 <= row.batch_size <= 4
+        assert max(model.batches) == 4 and sum(model.batches) == 10
+        assert batcher.stats.images == 10 and batcher.stats.batches == len(model.batches)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_multi_image_submission_keeps_order() -> None:
+    async def main() -> None:
+        batcher = _batcher(FakeModel())
+        batcher.start()
+        rows = await batcher.infer([_image(7), _image(3), _image(5)])
+        assert [int(r.logits[0]) for r in rows] == [7, 3, 5]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_full_queue_is_refused_with_retry_after() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.2)
+        batcher = _batcher(model, max_queue_size=2, max_batch_size=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.infer([_image(1)]))
+        await asyncio.sleep(0.05)  # the worker holds the first; the queue is empty again
+        batcher.submit([_image(2), _image(3)])
+        with pytest.raises(QueueFull) as caught:
+            batcher.submit([_image(4)])
+        assert int(caught.value.headers["Retry-After"]) >= 1
+        assert batcher.stats.rejected == 1
+        await first
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_deadline_passed_in_the_queue_drops_the_work() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.3)
+        batcher = _batcher(model, max_batch_size=1, timeout_s=0.2)
+        batcher.start()
+        outcomes = await asyncio.gather(
+            *(batcher.infer([_image(i)]) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(o, DeadlineExceeded) for o in outcomes)
+        await asyncio.sleep(0.4)
+        # Only the first was run; the others expired unrun.
+        assert model.batches == [1]
+        model.delay = 0.0
+        (row,) = await batcher.infer([_image(9)])
+        assert row.logits[0] == 9
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_fails_only_its_own_images() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = _batcher(model)
+        batcher.start()
+        model.fail_next = True
+        with pytest.raises(InferenceFailed):
+            await batcher.infer([_image(1), _image(2)])
+        (row,) = await batcher.infer([_image(3)])
+        assert row.logits[0] == 3
+        assert batcher.stats.failed_batches == 1
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_close_drains_the_queue_then_refuses() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.01)
+        batcher = _batcher(model, max_batch_size=2)
+        batcher.start()
+        futures = batcher.submit([_image(i) for i in range(6)])
+        await batcher.close()
+        assert [int(f.result().logits[0]) for f in futures] == list(range(6))
+        with pytest.raises(ShuttingDown):
+            batcher.submit([_image(0)])
+
+    asyncio.run(main())
+
+
+def test_several_workers_run_batches_in_parallel() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.1)
+        batcher = _batcher(model, workers=2, max_batch_size=1, max_queue_delay_s=0)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(*(batcher.infer([_image(i)]) for i in range(4)))
+        assert loop.time() - start < 0.35  # 4 x 0.1 s on two workers, not four in a row
+        await batcher.close()
+
+    asyncio.run(main())

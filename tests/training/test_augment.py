@@ -1,0 +1,120 @@
+"""Batch augmentation: shapes and dtypes kept, each op does exactly what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.augment import augment_batch, cutout, random_crop, random_flip
+
+
+def _batch(dtype: torch.dtype, n: int = 16, c: int = 3, h: int = 12, w: int = 10) -> torch.Tensor:
+    # Strictly positive, all-distinct pixel values: a zeroed or moved pixel is detectable.
+    values = torch.arange(1, n * c * h * w + 1, dtype=torch.float64).reshape(n, c, h, w)
+    return values.remainder(250).add(1).to(dtype) if dtype == torch.uint8 else values.to(dtype)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x, g: random_crop(x, 3, g),
+        random_flip,
+        lambda x, g: cutout(x, 4, g),
+        lambda x, g: augment_batch(x, crop_padding=2, flip=True, cutout_size=3, generator=g),
+    ],
+    ids=["crop", "flip", "cutout", "all"],
+)
+def test_shape_dtype_kept_and_input_untouched(op, dtype: torch.dtype) -> None:
+    images = _batch(dtype)
+    before = images.clone()
+    out = op(images, _gen())
+    assert out.shape == images.shape
+    assert out.dtype == dtype
+    assert torch.equal(images, before)
+    assert out.data_ptr() != images.data_ptr()
+
+
+def test_flip_mirrors_exactly_the_chosen_images() -> None:
+    images = _batch(torch.float32, n=64)
+    out = random_flip(images, _gen(1))
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each is one or the other
+    assert 16 <= sum(mirrored) <= 48  # p = 0.5 over 64 images
+
+
+def test_crop_is_a_shifted_window_of_the_reflect_padded_image() -> None:
+    padding = 3
+    images = _batch(torch.float32, n=32)
+    out = random_crop(images, padding, _gen(2))
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    h, w = images.shape[-2:]
+    offsets = set()
+    for i in range(images.shape[0]):
+        matches = [
+            (dy, dx)
+            for dy in range(2 * padding + 1)
+            for dx in range(2 * padding + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + h, dx : dx + w])
+        ]
+        assert len(matches) == 1, f"image {i} is not a window of the padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # offsets really vary per image
+
+
+def test_crop_on_uint8_matches_float_reference() -> None:
+    images = _batch(torch.uint8)
+    out_u8 = random_crop(images, 2, _gen(3))
+    out_f = random_crop(images.float(), 2, _gen(3))
+    assert torch.equal(out_u8.float(), out_f)
+
+
+@pytest.mark.parametrize("size", [1, 4, 10])
+def test_cutout_zeroes_one_square_per_image(size: int) -> None:
+    images = _batch(torch.uint8, n=24)
+    assert (images != 0).all()
+    out = cutout(images, size, _gen(4))
+    zeros = out == 0
+    c = images.shape[1]
+    assert zeros.flatten(1).sum(1).tolist() == [size * size * c] * images.shape[0]
+    for i in range(images.shape[0]):
+        ys, xs = torch.nonzero(zeros[i, 0], as_tuple=True)
+        assert ys.max() - ys.min() + 1 == size and xs.max() - xs.min() + 1 == size
+        assert torch.equal(zeros[i, 0], zeros[i, -1])  # same square in every channel
+    assert torch.equal(out[~zeros], images[~zeros])
+
+
+def test_same_generator_seed_same_result_and_different_seed_differs() -> None:
+    images = _batch(torch.uint8, n=32)
+
+    def run(seed: int) -> torch.Tensor:
+        return augment_batch(images, crop_padding=4, flip=True, cutout_size=5, generator=_gen(seed))
+
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_disabled_steps_are_identity() -> None:
+    images = _batch(torch.float32)
+    out = augment_batch(images, crop_padding=0, flip=False, cutout_size=0, generator=_gen())
+    assert torch.equal(out, images)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x: random_crop(x, 12), "smaller than the image"),
+        (lambda x: random_crop(x, -1), ">= 0"),
+        (lambda x: cutout(x, 11), "larger than the image"),
+        (lambda x: random_flip(x[0]), "NCHW"),
+    ],
+)
+def test_bad_arguments(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(_batch(torch.float32))

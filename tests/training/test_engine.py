@@ -1,0 +1,158 @@
+"""The training loop end to end on the embedded demo set (small and fast)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.preprocess import Normalize
+from tests.training.conftest import tiny_recipe
+from training.checkpoint import load_checkpoint
+from training.datasets import load_data
+from training.engine import METRIC_KEYS, TrainResult, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("demo-run")
+    recipe = tiny_recipe(epochs=3, ema_decay=0.9)
+    return train(
+        recipe, data_root=None, out_dir=out, device="cpu", progress=False, limit_per_class=50
+    )
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def test_trains_clearly_above_chance(demo_run: TrainResult) -> None:
+    # 8 classes: chance is 12.5 %.
+    assert demo_run.best_val_accuracy >= 0.35
+    assert demo_run.completed and demo_run.epochs_run == 3
+    assert demo_run.test_accuracy is not None and demo_run.test_accuracy >= 0.3
+    assert 1 <= demo_run.best_epoch <= 3
+
+
+def test_checkpoint_round_trip_gives_the_same_val_accuracy(demo_run: TrainResult) -> None:
+    ckpt = load_checkpoint(demo_run.best_checkpoint)
+    assert ckpt.architecture == "fastnet"
+    assert ckpt.epoch == demo_run.best_epoch
+    assert ckpt.metrics["val_accuracy"] == pytest.approx(demo_run.best_val_accuracy)
+    assert ckpt.metrics["test_accuracy"] == pytest.approx(demo_run.test_accuracy)
+    assert ckpt.resume is None  # best.pt is for export; last.pt carries resume state
+    assert load_checkpoint(demo_run.last_checkpoint).resume is not None
+    model = ckpt.build_model()
+    bundle = load_data(
+        "demo",
+        None,
+        image_size=ckpt.data.height,
+        channels=ckpt.data.channels,
+        val_fraction=ckpt.data.val_fraction,
+        split_seed=ckpt.data.split_seed,
+        limit_per_class=50,
+        progress=False,
+    )
+    assert bundle.info.labels == ckpt.data.labels
+    stats = evaluate(
+        model,
+        bundle.val.images,
+        bundle.val.labels,
+        normalize=Normalize(ckpt.data.mean, ckpt.data.std),
+    )
+    assert stats.accuracy == pytest.approx(demo_run.best_val_accuracy, abs=1e-9)
+
+
+def test_metrics_jsonl_has_documented_keys(demo_run: TrainResult) -> None:
+    lines = (demo_run.run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert set(METRIC_KEYS) <= set(row)
+        assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
+        assert row["train_loss"] > 0 and row["val_loss"] > 0
+        assert row["seconds"] > 0 and row["images_per_s"] > 0
+        assert row["lr"] > 0
+    assert max(r["val_acc"] for r in rows) == pytest.approx(demo_run.best_val_accuracy)
+    assert sum(r["best"] for r in rows) >= 1
+
+
+def test_plots_and_summary_written(demo_run: TrainResult) -> None:
+    for name in ("curves.png", "confusion_val.png", "confusion_test.png"):
+        width, height = _png_size(demo_run.run_dir / name)
+        assert 300 <= width <= 4000 and 300 <= height <= 4000, name
+    summary = json.loads((demo_run.run_dir / "summary.json").read_text())
+    assert summary["best_val_accuracy"] == pytest.approx(demo_run.best_val_accuracy)
+    assert summary["test_accuracy"] == pytest.approx(demo_run.test_accuracy)
+    assert summary["recipe"]["name"] == "demo_fastnet"
+    confusion = summary["val_report"]["confusion"]
+    assert len(confusion) == 8 and sum(map(sum, confusion)) == summary["data"]["val_images"]
+    assert json.loads((demo_run.run_dir / "recipe.json").read_text())["ema_decay"] == 0.9
+
+
+def test_ema_weights_are_the_ones_checkpointed(demo_run: TrainResult) -> None:
+    last = load_checkpoint(demo_run.last_checkpoint)
+    assert last.resume is not None
+    raw = last.resume["model"]
+    ema = last.state_dict
+    differing = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], raw[k])]
+    assert differing, "with EMA on, the exported weights must be the averaged ones"
+    assert torch.equal(ema[differing[0]], last.resume["ema"]["module"][differing[0]])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path)
+    assert ckpt.resume is not None
+    return dict(ckpt.resume["model"])
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=3, lookahead_k=2)
+    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 16}
+    whole = train(recipe, out_dir=tmp_path / "whole", **common)  # type: ignore[arg-type]
+    part = train(recipe, out_dir=tmp_path / "part", stop_after_epoch=2, **common)  # type: ignore[arg-type]
+    assert not part.completed and part.test_accuracy is None
+    assert load_checkpoint(part.last_checkpoint).epoch == 2
+    resumed = train(recipe, out_dir=tmp_path / "part", resume=part.last_checkpoint, **common)  # type: ignore[arg-type]
+    assert resumed.completed and resumed.epochs_run == 3
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    a, b = _weights(whole.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    whole_rows = [
+        json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in whole_rows]
+
+
+def test_resume_refuses_a_finished_run(tmp_path: Path, demo_run: TrainResult) -> None:
+    from training.errors import TrainingError
+
+    recipe = tiny_recipe(epochs=3, ema_decay=0.9)
+    with pytest.raises(TrainingError, match="already trained 3 of 3 epochs"):
+        train(
+            recipe,
+            data_root=None,
+            out_dir=tmp_path,
+            resume=demo_run.last_checkpoint,
+            device="cpu",
+            progress=False,
+            limit_per_class=50,
+        )
+    with pytest.raises(TrainingError, match="no resume state"):
+        train(
+            recipe.override(epochs=5),
+            data_root=None,
+            out_dir=tmp_path,
+            resume=demo_run.best_checkpoint,
+            device="cpu",
+            progress=False,
+        )

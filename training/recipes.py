@@ -1,0 +1,477 @@
+"""Training recipes: every hyper-parameter of a run, with its unit, in one frozen dataclass.
+
+A recipe is plain data (airbench style): the engine reads it and nothing else decides a
+hyper-parameter. `RECIPES` names one recipe per data set and model that makes sense; the
+command line picks one with `--recipe` and changes single fields with `--set key=value`, which
+goes through `Recipe.override` (type-checked, one-line `RecipeError` for anything wrong).
+
+Units used below:
+- "images": a count of training images (not batches); "epochs": passes over the train split
+  (fractions allowed where the type is float); "steps": optimiser steps (one per batch).
+- learning rates are the optimiser's own `lr`, applied to the gradient of the loss averaged
+  over the batch (so they do not scale with the batch size by themselves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from imgzoo.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"none", "null", ""}
+
+
+class RecipeError(UserError):
+    """An unknown recipe, an unknown recipe field, or a value of the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """All hyper-parameters of one training run."""
+
+    # --- what to train --------------------------------------------------------------------
+    name: str
+    """Recipe name, recorded in checkpoints and manifests."""
+    dataset: str
+    """Data set name (`training.datasets.dataset_names()`)."""
+    model: str
+    """Registered architecture (`models.list_models()`)."""
+    image_size: int | None = None
+    """Network input side in pixels (square); None = the data set's native size."""
+    channels: int | None = None
+    """Input channels (1 grayscale, 3 RGB); None = the data set's native channels."""
+    weights: str | None = None
+    """Initial weights: None (random), "imagenet", or a path to a local state dict file."""
+
+    # --- length and batch ------------------------------------------------------------------
+    epochs: int = 10
+    """Training length in epochs (passes over the train split)."""
+    batch_size: int = 256
+    """Images per optimiser step, summed over all DDP processes (each gets batch_size/world)."""
+    eval_batch_size: int = 512
+    """Images per forward pass when evaluating (no effect on results, only on memory)."""
+
+    # --- optimiser -------------------------------------------------------------------------
+    optimizer: str = "sgd"
+    """One of sgd (SGD with momentum), adam, adamw."""
+    lr: float = 0.1
+    """Peak learning rate (the schedule's factor 1.0), applied to the batch-mean loss gradient."""
+    momentum: float = 0.9
+    """SGD momentum, or Adam's beta1 (dimensionless, in [0, 1))."""
+    beta2: float = 0.999
+    """Adam / AdamW beta2 (dimensionless, in [0, 1)); unused by SGD."""
+    nesterov: bool = True
+    """Nesterov momentum for SGD; unused by Adam."""
+    weight_decay: float = 5e-4
+    """Weight decay coefficient (L2 for sgd / adam, decoupled for adamw), per step, times lr.
+    Never applied to normalisation weights or biases."""
+    grad_clip: float = 0.0
+    """Clip the global gradient L2 norm to this value before each step; 0 = off."""
+    lookahead_k: int = 0
+    """Lookahead: synchronise slow weights every k optimiser steps; 0 = Lookahead off."""
+    lookahead_alpha: float = 0.5
+    """Lookahead slow-weight step size (dimensionless, in (0, 1])."""
+
+    # --- schedule (stepped per optimiser step) ---------------------------------------------
+    schedule: str = "cosine"
+    """cosine (half-cosine decay), onecycle (linear decay), step (x gamma at milestones),
+    constant; all after the linear warm-up."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from lr*warmup_start_factor to lr, in epochs."""
+    warmup_start_factor: float = 0.1
+    """Learning-rate factor at the first warm-up step (dimensionless, in [0, 1])."""
+    final_lr_factor: float = 0.0
+    """Learning-rate factor at the last step for cosine / onecycle (dimensionless)."""
+    step_milestones: tuple[float, ...] = ()
+    """Epochs at which the step schedule multiplies the learning rate by step_gamma."""
+    step_gamma: float = 0.1
+    """Multiplier applied at each step milestone (dimensionless)."""
+
+    # --- loss and averaging ----------------------------------------------------------------
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (probability mass spread over all classes, in [0, 1))."""
+    ema_decay: float = 0.0
+    """EMA of the weights: decay per optimiser step (e.g. 0.999); 0 = off. With EMA on, the
+    EMA weights are the ones evaluated, checkpointed and exported."""
+
+    # --- augmentation (on whole batches, on the training device) ----------------------------
+    crop_padding: int = 4
+    """Random-crop translation: reflect-pad by this many pixels, crop back; 0 = off."""
+    flip: bool = True
+    """Random horizontal flip with probability 0.5."""
+    cutout: int = 0
+    """Cutout square side in pixels, zeroed at a random place per image; 0 = off."""
+
+    # --- speed -----------------------------------------------------------------------------
+    amp: str = "off"
+    """Autocast: off, bf16 (CUDA and CPU), fp16 (CUDA only, with a gradient scaler)."""
+    channels_last: bool = False
+    """Store activations NHWC (channels_last); pays off on CUDA with AMP and on CPU with bf16."""
+    compile: bool = False
+    """Wrap the network in torch.compile (first steps are slow while it compiles)."""
+    whiten: bool = False
+    """fastnet only: initialise the 2x2 stem from the patch covariance of training images."""
+    whiten_images: int = 5000
+    """How many training images the whitening statistics use (images)."""
+
+    # --- data split and seeds --------------------------------------------------------------
+    val_fraction: float = 0.1
+    """Fraction of train carved (stratified) as validation when the data set has none."""
+    split_seed: int = 0
+    """Seed of the validation split (kept fixed so runs with other seeds see the same split)."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and augmentation."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (0 <= self.beta2 < 1, "beta2 must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (self.lookahead_k >= 0, "lookahead_k must be >= 0 (0 = off)"),
+            (0 < self.lookahead_alpha <= 1, "lookahead_alpha must be in (0, 1]"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (0 <= self.warmup_start_factor <= 1, "warmup_start_factor must be in [0, 1]"),
+            (self.final_lr_factor >= 0, "final_lr_factor must be >= 0"),
+            (all(m > 0 for m in self.step_milestones), "step_milestones must be > 0"),
+            (self.step_gamma > 0, "step_gamma must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = off)"),
+            (self.crop_padding >= 0, "crop_padding must be >= 0"),
+            (self.cutout >= 0, "cutout must be >= 0"),
+            (self.whiten_images >= 1, "whiten_images must be >= 1"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
+            (self.channels in (None, 1, 3), "channels must be 1 or 3"),
+            (not self.whiten or self.model == "fastnet", "whiten applies only to model fastnet"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RecipeError(f"recipe {self.name!r}: {message}")
+
+    # --- overrides -------------------------------------------------------------------------
+
+    def override(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed; unknown fields and wrongly typed values are errors."""
+        hints = _field_types()
+        for key, value in changes.items():
+            if key not in hints:
+                raise RecipeError(f"unknown recipe field {key!r} (known: {', '.join(hints)})")
+            if not _is_instance(value, hints[key]):
+                raise RecipeError(
+                    f"recipe field {key!r} needs {_type_name(hints[key])}, got {value!r}"
+                )
+        return dataclasses.replace(self, **changes)
+
+    def override_from_strings(self, assignments: list[str]) -> Recipe:
+        """Apply `key=value` strings (the `--set` option), parsing each by the field's type."""
+        hints = _field_types()
+        changes: dict[str, Any] = {}
+        for item in assignments:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise RecipeError(f"--set needs key=value, got {item!r}")
+            if key not in hints:
+                raise RecipeError(f"unknown recipe field {key!r} (known: {', '.join(hints)})")
+            changes[key] = parse_value(key, text.strip(), hints[key])
+        return self.override(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Inverse of `to_dict`, ignoring keys this version does not know (older checkpoints)."""
+        hints = _field_types()
+        known = {k: v for k, v in data.items() if k in hints}
+        if isinstance(known.get("step_milestones"), list):
+            known["step_milestones"] = tuple(float(m) for m in known["step_milestones"])
+        for key in ("name", "dataset", "model"):
+            if key not in known:
+                raise RecipeError(f"stored recipe lacks {key!r}")
+        base = cls(name=known.pop("name"), dataset=known.pop("dataset"), model=known.pop("model"))
+        return base.override(**known)
+
+
+def _field_types() -> dict[str, Any]:
+    hints = get_type_hints(Recipe)
+    return {f.name: hints[f.name] for f in fields(Recipe)}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_is_instance(value, arg) for arg in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        (item_type, _ellipsis) = get_args(tp)
+        return isinstance(value, tuple) and all(_is_instance(v, item_type) for v in value)
+    if tp is float:
+        # An int is a fine float; a bool is not a number here.
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "none"
+    if origin is tuple:
+        return f"a comma-separated list of {_type_name(get_args(tp)[0])}"
+    return str(getattr(tp, "__name__", tp))
+
+
+def parse_value(key: str, text: str, tp: Any) -> Any:
+    """Parse one `--set` value by the field type; a one-line RecipeError when it does not fit."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if type(None) in args and text.lower() in _NONE:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return parse_value(key, text, inner[0])
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(text)
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if origin is tuple:
+            item_type = get_args(tp)[0]
+            parts = [p for p in text.split(",") if p.strip()]
+            return tuple(parse_value(key, p.strip(), item_type) for p in parts)
+    except ValueError:
+        raise RecipeError(f"recipe field {key!r} needs {_type_name(tp)}, got {text!r}") from None
+    return text
+
+
+def _cifar10(name: str, model: str, **kw: Any) -> Recipe:
+    return Recipe(name=name, dataset="cifar10", model=model, **kw)
+
+
+# One recipe per data set and model. Figures each was tuned for are in docs/training.md.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        # The embedded demo set: >90 % validation accuracy in about a minute on a 2-core CPU.
+        Recipe(
+            name="demo_fastnet",
+            dataset="demo",
+            model="fastnet",
+            epochs=6,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.85,
+            nesterov=True,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            warmup_epochs=1.0,
+            warmup_start_factor=0.2,
+            label_smoothing=0.1,
+            crop_padding=2,
+            flip=True,
+            whiten=True,
+            whiten_images=2000,
+            amp="off",
+        ),
+        # airbench94-like: short, whitened stem, label smoothing, triangular schedule, EMA-free.
+        _cifar10(
+            "cifar10_fastnet",
+            "fastnet",
+            epochs=10,
+            batch_size=1024,
+            optimizer="sgd",
+            lr=0.2,
+            momentum=0.85,
+            nesterov=True,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            warmup_epochs=2.0,
+            warmup_start_factor=0.1,
+            label_smoothing=0.2,
+            crop_padding=2,
+            flip=True,
+            whiten=True,
+            amp="bf16",
+            channels_last=True,
+        ),
+        _cifar10(
+            "cifar10_resnet_small",
+            "resnet_small",
+            epochs=60,
+            batch_size=256,
+            optimizer="sgd",
+            lr=0.2,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            warmup_epochs=3.0,
+            label_smoothing=0.1,
+            ema_decay=0.999,
+            crop_padding=4,
+            cutout=8,
+            amp="bf16",
+            channels_last=True,
+        ),
+        # kuangliu-style ResNet-18, shortened to 100 epochs with a one-cycle schedule.
+        _cifar10(
+            "cifar10_resnet18",
+            "resnet18",
+            epochs=100,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=5e-4,
+            schedule="cosine",
+            warmup_epochs=2.0,
+            label_smoothing=0.0,
+            crop_padding=4,
+            cutout=8,
+            amp="bf16",
+            channels_last=True,
+        ),
+        Recipe(
+            name="fer2013_resnet_small",
+            dataset="fer2013",
+            model="resnet_small",
+            epochs=60,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=5e-4,
+            schedule="cosine",
+            warmup_epochs=2.0,
+            label_smoothing=0.1,
+            ema_decay=0.999,
+            crop_padding=4,
+            cutout=12,
+            amp="bf16",
+            channels_last=True,
+        ),
+        # The seed project fine-tuned an ImageNet VGG-19; from scratch here (weights=imagenet
+        # via --weights when the torchvision cache has them).
+        Recipe(
+            name="fer2013_vgg19",
+            dataset="fer2013",
+            model="vgg19",
+            epochs=60,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.05,
+            weight_decay=5e-4,
+            schedule="cosine",
+            warmup_epochs=2.0,
+            label_smoothing=0.1,
+            crop_padding=4,
+            cutout=12,
+            amp="bf16",
+            channels_last=True,
+        ),
+        Recipe(
+            name="butterfly_resnet_small",
+            dataset="butterfly",
+            model="resnet_small",
+            image_size=64,
+            epochs=80,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            warmup_epochs=3.0,
+            label_smoothing=0.1,
+            ema_decay=0.999,
+            crop_padding=6,
+            cutout=16,
+            amp="bf16",
+            channels_last=True,
+        ),
+        Recipe(
+            name="butterfly_resnet50",
+            dataset="butterfly",
+            model="resnet50",
+            image_size=64,
+            epochs=80,
+            batch_size=128,
+            optimizer="adamw",
+            lr=2e-3,
+            beta2=0.999,
+            weight_decay=0.05,
+            schedule="cosine",
+            warmup_epochs=3.0,
+            label_smoothing=0.1,
+            ema_decay=0.999,
+            crop_padding=6,
+            cutout=16,
+            amp="bf16",
+            channels_last=True,
+        ),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The named recipe, or a one-line RecipeError listing the known names."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise RecipeError(
+            f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"
+        ) from None
+
+
+def default_recipe(dataset: str, model: str) -> Recipe:
+    """The registered recipe for this data set and model, else generic defaults named for them.
+
+    `folder` data sets and unusual pairs fall back to a sensible SGD + cosine recipe.
+    """
+    for recipe in RECIPES.values():
+        if recipe.dataset == dataset and recipe.model == model:
+            return recipe
+    return Recipe(
+        name=f"{dataset}_{model}",
+        dataset=dataset,
+        model=model,
+        epochs=30,
+        batch_size=128,
+        lr=0.05,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+    )
