@@ -70,7 +70,7 @@ def _download_imagenet(spec: ModelSpec) -> dict[str, torch.Tensor]:
     try:
         # Through the module attribute, so the cache lookup and download stay one patchable call.
         state: dict[str, torch.Tensor] = torch.hub.load_state_dict_from_url(
-            url, progress=False, check_hash=True, weights_only=True
+            url, map_location="cpu", progress=False, check_hash=True, weights_only=True
         )
     except (OSError, RuntimeError) as exc:
         reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__

@@ -12,14 +12,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from imgzoo import __version__
-from service import handlers
+from service import handlers, v2
 from service.core import Service
 from service.middleware import RequestContextMiddleware
 from service.responses import OrjsonResponse
-from service.routers import health, metrics, models, predict
+from service.routers import admin, health, metrics, models, predict, web
 from service.runtime import SessionFactory, create_ort_session
+from service.security import API_KEY_HEADER
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ logger = logging.getLogger(__name__)
 _DESCRIPTION = """
 Image classification with the models of an imgzoo model repository, run by ONNX Runtime with
 dynamic batching. Errors share one shape: `{"error": {"code", "message", "details"}}`.
+
+When the service has API keys, `/predict` needs one (`Authorization: Bearer <key>` or
+`X-API-Key`); `/admin/...` needs the admin token and is disabled (403) without one.
 """
 
 
@@ -64,6 +70,19 @@ def create_app(
     app.state.service = service
     handlers.install(app)
     app.add_middleware(RequestContextMiddleware)
-    for router in (predict.router, models.router, health.router, metrics.router):
+    if settings.cors_origins:  # added last: outermost, so preflights never reach auth
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", API_KEY_HEADER, "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"],
+            max_age=600,
+        )
+    for router in (predict.router, models.router, health.router, metrics.router, admin.router):
         app.include_router(router)
+    app.include_router(v2.router)  # the Open Inference Protocol under /v2
+    if settings.web_ui:
+        app.include_router(web.router)
+        app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -1,12 +1,15 @@
 """The service object one app owns: settings, metrics, model registry, data plane.
 
 `create_app` builds it (cheap, nothing loaded); the app's lifespan calls `start` (scan, load and
-warm every model) and `stop` (drain the queues, release sessions and threads). No module-level
-state: two apps in one process share nothing.
+warm every model, then poll the repository when `reload_interval_s` is set) and `stop` (stop
+polling, drain the queues, release sessions and threads). No module-level state: two apps in
+one process share nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from service.dataplane import DataPlane
@@ -30,6 +33,7 @@ class Service:
         decode_threads = settings.decode_threads or available_cpus()
         self.dataplane = DataPlane(settings, self.registry, self.metrics, decode_threads)
         self.started = False
+        self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         logger.info(
@@ -40,8 +44,26 @@ class Service:
         )
         await self.registry.load()
         self.started = True
+        interval = self.settings.reload_interval_s
+        if interval > 0:
+            self._poller = asyncio.create_task(self._poll(interval), name="imgzoo-repository-poll")
+            logger.info("polling the model repository every %g s", interval)
+
+    async def _poll(self, interval: float) -> None:
+        """Reload every `interval` seconds; a failing scan is logged and retried next time."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.registry.reload()
+            except Exception:  # the poller must outlive any one bad scan
+                logger.exception("repository poll failed")
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         await self.registry.close()
         self.dataplane.close()
         self.started = False

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.batcher import RowResult
 from service.errors import ServiceError
 from service.imaging import DecodeLimits, decode_image
 from service.metrics import UNKNOWN, ServiceMetrics
@@ -121,17 +122,24 @@ class DataPlane:
         request_id: str,
         started: float,
     ) -> PredictResult:
-        """Decode, batch, run and rank `images` with one loaded model version."""
-        k = min(top_k or self.settings.default_top_k, entry.manifest.num_classes)
-        entry.counters.requests += 1
-        try:
-            decode_start = perf_counter()
-            arrays = await self._decode_all(entry, images)
-            decode_s = perf_counter() - decode_start
-            rows = await entry.batcher.infer(arrays)
-        except BaseException:
-            entry.counters.failed += 1
-            raise
+        """Decode, batch, run and rank `images` with one loaded model version.
+
+        The version is leased for the whole call, so a hot reload retiring it waits until
+        this request has its answer; a version retired since it was resolved is swapped
+        for its replacement (`ModelRegistry.current`).
+        """
+        entry = self.registry.current(entry)
+        with entry.lease():
+            k = min(top_k or self.settings.default_top_k, entry.manifest.num_classes)
+            entry.counters.requests += 1
+            try:
+                decode_start = perf_counter()
+                arrays = await self._decode_all(entry, images)
+                decode_s = perf_counter() - decode_start
+                rows = await entry.batcher.infer(arrays)
+            except BaseException:
+                entry.counters.failed += 1
+                raise
         labels = entry.manifest.labels
         results = [
             {
@@ -159,6 +167,23 @@ class DataPlane:
             "results": results,
         }
         return PredictResult(body, stages)
+
+    async def infer(
+        self, entry: ModelVersion, arrays: Sequence[npt.NDArray[np.uint8]]
+    ) -> tuple[ModelVersion, list[RowResult]]:
+        """Run already-decoded images (each H, W, C uint8) through a version's batcher.
+
+        Leased like `predict`, so a hot reload never closes the batcher under the request;
+        returns the version that really ran them (the replacement when `entry` was retired).
+        """
+        entry = self.registry.current(entry)
+        with entry.lease():
+            entry.counters.requests += 1
+            try:
+                return entry, await entry.batcher.infer(arrays)
+            except BaseException:
+                entry.counters.failed += 1
+                raise
 
     async def _decode_all(
         self, entry: ModelVersion, images: Sequence[bytes]

@@ -99,6 +99,18 @@ class ServiceMetrics:
             ["dataset", "model"],
             registry=self.registry,
         )
+        self.failed_entries = Gauge(
+            "imgzoo_repository_failed_entries",
+            "Repository entries (versions, model directories) failing to load as of the last scan.",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "imgzoo_repository_scans",
+            "Repository scans (start-up, reloads, polls): `ok`, or `error` when the repository "
+            "could not be read and nothing changed.",
+            ["result"],
+            registry=self.registry,
+        )
         self._live = _LiveCollector()
         self.registry.register(self._live)
 

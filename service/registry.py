@@ -6,6 +6,14 @@ schema, sha256 and size of every file, graph signature, a warm-up run) before it
 version that fails is kept as a `LoadFailure` (path and reason, for /models, /readyz and the
 metrics) and never stops the others. Hidden entries (a leading dot: an export still being
 written) are skipped.
+
+Hot reload (`reload`, `load_model`, `unload_model`): the repository is scanned again; versions
+whose files are unchanged (same fingerprint) are kept as they are, new or changed ones are
+loaded and warmed beside the serving ones, and the new set is swapped in with one assignment.
+Versions that left the set are retired: marked first (so no new request picks them), then,
+once the requests holding them are done and their queue has drained, their sessions closed.
+A version that fails to load never replaces the one serving; a repository that cannot be
+scanned (vanished, unreadable) changes nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +22,16 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
+from typing import Any
 
 from imgzoo.errors import UserError
 from imgzoo.manifest import (
     CONFIG_FILENAME,
+    MANIFEST_FILENAME,
     ONNX_FILENAME,
     Manifest,
     load_manifest,
@@ -27,7 +39,7 @@ from imgzoo.manifest import (
 )
 from imgzoo.names import is_valid_name, is_valid_version
 from service.batcher import Batcher
-from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.errors import ModelNotFound, ModelNotReady, ServiceError, VersionNotFound
 from service.metrics import ServiceMetrics, VersionState
 from service.runtime import (
     ProviderSelector,
@@ -47,9 +59,25 @@ logger = logging.getLogger(__name__)
 
 _MAX_REASON = 300
 
+ModelKey = tuple[str, str]
+
 
 class RepositoryError(UserError):
     """The repository itself cannot be used (missing, not a directory)."""
+
+
+class ModelLoadError(ServiceError):
+    """`load_model` found the model's directory but no version of it could be loaded."""
+
+    status_code = 400
+    code = "model_load_failed"
+
+
+class RepositoryUnavailable(ServiceError):  # noqa: N818 - HTTP-semantic, like service.errors
+    """A reload that could not read the repository; nothing served changed."""
+
+    status_code = 503
+    code = "repository_unavailable"
 
 
 @dataclass(frozen=True)
@@ -83,10 +111,36 @@ class ModelVersion:
     batcher: Batcher
     ready: bool = False
     counters: RequestCounters = field(default_factory=RequestCounters)
+    fingerprint: str = ""
+    retired: bool = False
+    _leases: int = field(default=0, init=False, repr=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
 
     @property
     def provider(self) -> str:
         return self.pool.provider
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.version}"
+
+    @contextmanager
+    def lease(self) -> Iterator[ModelVersion]:
+        """Hold the version while a request uses it: retirement waits for every lease."""
+        self._leases += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._leases -= 1
+            if self._leases == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
 @dataclass(frozen=True)
@@ -96,12 +150,58 @@ class Readiness:
 
 
 @dataclass(frozen=True)
+class ReloadReport:
+    """What one reload changed (names are `dataset/model/version`)."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[LoadFailure] = field(default_factory=list)
+    unchanged: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "error" if self.error else "ok",
+            "error": self.error,
+            "added": self.added,
+            "replaced": self.replaced,
+            "removed": self.removed,
+            "failed": [{"path": f.path, "reason": f.reason} for f in self.failed],
+            "unchanged": self.unchanged,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass(frozen=True)
 class _Candidate:
     dataset: str
     model: str
     version: int
     path: Path
     config: ModelConfig
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failure and what identifies it: the files' fingerprint, or the reason for scan faults."""
+
+    failure: LoadFailure
+    identity: str
+
+
+@dataclass
+class _Scan:
+    candidates: list[_Candidate] = field(default_factory=list)
+    failures: list[_Failure] = field(default_factory=list)
+    # Models whose config.json is broken: what they serve stays as it is.
+    blocked: set[ModelKey] = field(default_factory=set)
 
 
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:
@@ -128,11 +228,20 @@ class ModelRegistry:
         self.metrics = metrics
         self.root = settings.repository.resolve()
         self._session_factory = session_factory
-        self._versions: dict[tuple[str, str], dict[int, ModelVersion]] = {}
-        self.failures: list[LoadFailure] = []
+        self._versions: dict[ModelKey, dict[int, ModelVersion]] = {}
+        self._failures: list[_Failure] = []
+        self._unloaded: set[ModelKey] = set()
+        self._selector: ProviderSelector | None = None
+        self._lock = asyncio.Lock()
+        self.last_reload: ReloadReport | None = None
         self.loaded = False
         self.closing = False
         metrics.set_live_source(self.live_states)
+
+    @property
+    def failures(self) -> list[LoadFailure]:
+        """Every repository entry that failed to load, as of the last scan."""
+        return [f.failure for f in self._failures]
 
     # ------------------------------------------------------------------ loading
 
@@ -140,42 +249,226 @@ class ModelRegistry:
         """Scan the repository and load, check and warm every version (sessions in threads)."""
         if not self.root.is_dir():
             raise RepositoryError(f"model repository {self.settings.repository} is not a directory")
-        selector = ProviderSelector(plan_providers(self.settings.providers))
-        candidates = await asyncio.to_thread(self._scan)
-        for candidate in candidates:
-            try:
-                entry = await asyncio.to_thread(self._load_version, candidate, selector)
-            except ProviderUnavailableError:
-                raise
-            except Exception as exc:  # any bad file must only take its own version down
-                where = candidate.path.relative_to(self.root).as_posix()
-                self._fail(where, candidate.dataset, candidate.model, exc)
-                continue
-            entry.batcher.start()
-            self._versions.setdefault((entry.dataset, entry.model), {})[entry.version] = entry
+        async with self._lock:
+            report = await self._sync(None, retry_failed=True, initial=True)
+        if report.error:
+            raise RepositoryError(f"model repository {self.settings.repository}: {report.error}")
+        self.loaded = True
+        logger.info(
+            "model repository %s: %d version(s) serving, %d failed",
+            self.settings.repository,
+            sum(len(v) for v in self._versions.values()),
+            len(self._failures),
+        )
+
+    async def reload(self) -> ReloadReport:
+        """Re-scan the repository: load new and changed versions, retire removed ones.
+
+        A version that failed before is tried again only once its files change. Models
+        unloaded with `unload_model` stay unloaded until `load_model`.
+        """
+        async with self._lock:
+            if self.closing:
+                return ReloadReport(error="the service is shutting down")
+            report = await self._sync(None, retry_failed=False)
+        if report.changed or report.failed or report.error:
             logger.info(
-                "loaded %s/%s version %d on %s (batch <= %d, %d session(s))",
-                entry.dataset,
-                entry.model,
-                entry.version,
+                "reload: %d added, %d replaced, %d removed, %d failed, %d unchanged%s",
+                len(report.added),
+                len(report.replaced),
+                len(report.removed),
+                len(report.failed),
+                report.unchanged,
+                f" (nothing changed: {report.error})" if report.error else "",
+            )
+        return report
+
+    async def load_model(self, dataset: str, model: str) -> None:
+        """(Re)load every version of one model from the repository, even one unloaded before.
+
+        ModelNotFound when the repository has no such model directory; ModelLoadError when
+        none of its versions could be loaded (the reasons are in `details.failures`).
+        """
+        key = self._checked_key(dataset, model)
+        async with self._lock:
+            if self.closing:
+                raise ModelLoadError("the service is shutting down")
+            model_dir = self.root / dataset / model
+            if not await asyncio.to_thread(model_dir.is_dir):
+                raise ModelNotFound(f"the repository has no model {dataset}/{model}")
+            self._unloaded.discard(key)
+            report = await self._sync(key, retry_failed=True)
+        if report.error:
+            raise ModelLoadError(f"cannot load {dataset}/{model}: {report.error}")
+        if not self.has_model(dataset, model):
+            failures = self.failures_of(dataset, model)
+            reason = failures[0].reason if failures else "no loadable version"
+            raise ModelLoadError(
+                f"{dataset}/{model} failed to load: {reason}",
+                details={"failures": [{"path": f.path, "reason": f.reason} for f in failures]},
+            )
+        logger.info("loaded model %s/%s on request", dataset, model)
+
+    async def unload_model(self, dataset: str, model: str) -> None:
+        """Stop serving every version of one model; queued requests still finish.
+
+        The model stays unloaded across reloads until `load_model`. ModelNotFound when it
+        is not loaded.
+        """
+        key = self._checked_key(dataset, model)
+        async with self._lock:
+            versions = self.versions(dataset, model)  # ModelNotFound when not loaded
+            remaining = {k: v for k, v in self._versions.items() if k != key}
+            self._unloaded.add(key)
+            retired = list(versions.values())
+            self._swap(remaining, self._failures, retired)
+            await self._retire_all(retired)
+        logger.info("unloaded model %s/%s on request", dataset, model)
+
+    def _checked_key(self, dataset: str, model: str) -> ModelKey:
+        if not (is_valid_name(dataset) and is_valid_name(model)):
+            raise ModelNotFound("no such model (invalid name)", details={"available": self.names()})
+        return dataset, model
+
+    async def _sync(
+        self, scope: ModelKey | None, *, retry_failed: bool, initial: bool = False
+    ) -> ReloadReport:
+        """Bring what is served in line with the repository (all of it, or one model)."""
+        started = perf_counter()
+        if self._selector is None:
+            self._selector = ProviderSelector(plan_providers(self.settings.providers))
+        selector = self._selector
+        try:
+            scan = await asyncio.to_thread(self._scan, scope)
+        except (OSError, RepositoryError) as exc:
+            reason = self._reason(exc)
+            logger.error("reload: cannot scan the repository, nothing changed: %s", reason)
+            self.metrics.reloads.labels("error").inc()
+            report = ReloadReport(error=reason, seconds=perf_counter() - started)
+            self.last_reload = report
+            return report
+
+        old = self._versions
+        previous = {f.failure.path: f for f in self._failures}
+        # Outside the scope (one model's load), everything stays as it is.
+        new: dict[ModelKey, dict[int, ModelVersion]] = {
+            key: dict(versions)
+            for key, versions in old.items()
+            if key in scan.blocked or (scope is not None and key != scope)
+        }
+        failures = [
+            f
+            for f in self._failures
+            if scope is not None and (f.failure.dataset, f.failure.model) != scope
+        ]
+        failures += scan.failures
+        staged: list[ModelVersion] = []
+        added: list[str] = []
+        replaced: list[str] = []
+        unchanged = 0
+        try:
+            for candidate in scan.candidates:
+                key = (candidate.dataset, candidate.model)
+                serving = old.get(key, {}).get(candidate.version)
+                slot = new.setdefault(key, {})
+                if serving is not None and serving.fingerprint == candidate.fingerprint:
+                    slot[candidate.version] = serving
+                    unchanged += 1
+                    continue
+                where = candidate.path.relative_to(self.root).as_posix()
+                before = previous.get(where)
+                if not retry_failed and before and before.identity == candidate.fingerprint:
+                    failures.append(before)  # the same files failed already: no retry
+                    if serving is not None:
+                        slot[candidate.version] = serving
+                    continue
+                try:
+                    entry = await asyncio.to_thread(self._load_version, candidate, selector)
+                except Exception as exc:  # any bad file must only take its own version down
+                    if initial and isinstance(exc, ProviderUnavailableError):
+                        raise  # an explicit provider choice that cannot work stops the start
+                    reason = self._reason(exc)
+                    failure = LoadFailure(where, candidate.dataset, candidate.model, reason)
+                    failures.append(_Failure(failure, candidate.fingerprint))
+                    if serving is not None:  # the old files keep serving
+                        slot[candidate.version] = serving
+                    continue
+                staged.append(entry)
+                slot[candidate.version] = entry
+                (replaced if serving is not None else added).append(entry.name)
+        except BaseException:
+            for entry in staged:  # cancelled or a fatal provider error: release what we made
+                entry.pool.close()
+            raise
+
+        new = {key: versions for key, versions in new.items() if versions}
+        kept = {id(v) for versions in new.values() for v in versions.values()}
+        retired = [v for versions in old.values() for v in versions.values() if id(v) not in kept]
+        replaced_names = set(replaced)
+        removed = [v.name for v in retired if v.name not in replaced_names]
+        fresh = self._new_failures(failures, previous)
+        for entry in staged:
+            entry.batcher.start()
+        self._swap(new, sorted(failures, key=lambda f: f.failure.path), retired)
+        for item in fresh:
+            failure = item.failure
+            logger.error("cannot load %s: %s", failure.path, failure.reason)
+            self.metrics.load_failures.labels(failure.dataset, failure.model).inc()
+        for entry in staged:
+            logger.info(
+                "loaded %s on %s (batch <= %d, %d session(s))",
+                entry.name,
                 entry.provider,
                 entry.batching.max_batch_size,
                 entry.batching.sessions,
             )
-        self.loaded = True
-        count = sum(len(v) for v in self._versions.values())
-        logger.info(
-            "model repository %s: %d version(s) serving, %d failed",
-            self.settings.repository,
-            count,
-            len(self.failures),
+        await self._retire_all(retired)
+        self.metrics.reloads.labels("ok").inc()
+        report = ReloadReport(
+            added=sorted(added),
+            replaced=sorted(replaced),
+            removed=sorted(removed),
+            failed=[f.failure for f in fresh],
+            unchanged=unchanged,
+            seconds=perf_counter() - started,
         )
+        self.last_reload = report
+        return report
 
-    def _fail(self, path: str, dataset: str, model: str, exc: BaseException | str) -> None:
-        reason = exc if isinstance(exc, str) else self._reason(exc)
-        logger.error("cannot load %s: %s", path, reason)
-        self.failures.append(LoadFailure(path, dataset, model, reason))
-        self.metrics.load_failures.labels(dataset, model).inc()
+    @staticmethod
+    def _new_failures(failures: list[_Failure], previous: dict[str, _Failure]) -> list[_Failure]:
+        """Failures not already reported with the same identity (counted and logged once)."""
+        return [
+            f
+            for f in failures
+            if (old := previous.get(f.failure.path)) is None
+            or old.identity != f.identity
+            or old.failure.reason != f.failure.reason
+        ]
+
+    def _swap(
+        self,
+        versions: dict[ModelKey, dict[int, ModelVersion]],
+        failures: list[_Failure],
+        retired: list[ModelVersion],
+    ) -> None:
+        """Make the new set current in one step (nothing awaits in between)."""
+        for entry in retired:
+            entry.retired = True
+        self._versions = versions
+        self._failures = failures
+        self.metrics.failed_entries.set(len(failures))
+
+    async def _retire_all(self, entries: list[ModelVersion]) -> None:
+        await asyncio.gather(*(self._retire(entry) for entry in entries))
+
+    async def _retire(self, entry: ModelVersion) -> None:
+        """Close a version nobody can pick any more, once its requests and queue are done."""
+        await entry.wait_idle()
+        await entry.batcher.close()
+        entry.ready = False
+        await asyncio.to_thread(entry.pool.close)
+        logger.info("retired %s", entry.name)
 
     def _reason(self, exc: BaseException) -> str:
         """One client-safe line: no repository path, no traceback."""
@@ -185,38 +478,60 @@ class ModelRegistry:
             text = f"{type(exc).__name__}: {text}"
         return text[:_MAX_REASON]
 
-    def _scan(self) -> list[_Candidate]:
-        """Every well-named version directory, recording what is misnamed or misconfigured."""
-        candidates: list[_Candidate] = []
+    def _scan(self, scope: ModelKey | None) -> _Scan:
+        """Every well-named version directory (blocking), recording what is misnamed or broken.
+
+        Raises OSError when the repository cannot be read (the caller then changes nothing).
+        """
+        if not self.root.is_dir():
+            raise RepositoryError("the repository directory is missing")
+        scan = _Scan()
+
+        def fail(path: str, dataset: str, model: str, reason: str | BaseException) -> None:
+            text = reason if isinstance(reason, str) else self._reason(reason)
+            scan.failures.append(_Failure(LoadFailure(path, dataset, model, text), text))
+
         for dataset_dir in _visible_dirs(self.root):
             dataset = dataset_dir.name
+            if scope is not None and dataset != scope[0]:
+                continue
             if not is_valid_name(dataset):
-                self._fail(dataset, dataset, "", "not a valid data set name")
+                fail(dataset, dataset, "", "not a valid data set name")
                 continue
             for model_dir in _visible_dirs(dataset_dir):
                 model = model_dir.name
+                key = (dataset, model)
+                if (scope is not None and key != scope) or key in self._unloaded:
+                    continue
                 where = f"{dataset}/{model}"
                 if not is_valid_name(model):
-                    self._fail(where, dataset, model, "not a valid model name")
+                    fail(where, dataset, model, "not a valid model name")
                     continue
                 try:
                     config = load_model_config(model_dir, CONFIG_FILENAME)
                 except UserError as exc:
-                    self._fail(f"{where}/{CONFIG_FILENAME}", dataset, model, exc)
+                    fail(f"{where}/{CONFIG_FILENAME}", dataset, model, exc)
+                    scan.blocked.add(key)
                     continue
+                config_bytes = _read_optional(model_dir / CONFIG_FILENAME)
                 version_dirs = _visible_dirs(model_dir)
                 if not version_dirs:
-                    self._fail(where, dataset, model, "no version directories")
+                    fail(where, dataset, model, "no version directories")
                 for version_dir in version_dirs:
                     if not is_valid_version(version_dir.name):
-                        self._fail(
-                            f"{where}/{version_dir.name}", dataset, model, "not a version number"
-                        )
+                        fail(f"{where}/{version_dir.name}", dataset, model, "not a version number")
                         continue
-                    candidates.append(
-                        _Candidate(dataset, model, int(version_dir.name), version_dir, config)
+                    scan.candidates.append(
+                        _Candidate(
+                            dataset,
+                            model,
+                            int(version_dir.name),
+                            version_dir,
+                            config,
+                            _fingerprint(version_dir, config_bytes),
+                        )
                     )
-        return candidates
+        return scan
 
     def _load_version(self, candidate: _Candidate, selector: ProviderSelector) -> ModelVersion:
         """Validate, create the sessions and warm up one version (blocking)."""
@@ -269,6 +584,7 @@ class ModelRegistry:
             pool=pool,
             batcher=batcher,
             ready=True,
+            fingerprint=candidate.fingerprint,
         )
 
     # ------------------------------------------------------------------ lookups
@@ -281,9 +597,10 @@ class ModelRegistry:
         """`dataset/model` of every model with at least one loaded version."""
         return sorted(f"{d}/{m}" for d, m in self._versions)
 
-    def models(self) -> dict[tuple[str, str], dict[int, ModelVersion]]:
+    def models(self) -> dict[ModelKey, dict[int, ModelVersion]]:
         """Loaded versions by (dataset, model), sorted."""
-        return {key: dict(sorted(self._versions[key].items())) for key in sorted(self._versions)}
+        current = self._versions
+        return {key: dict(sorted(current[key].items())) for key in sorted(current)}
 
     def versions(self, dataset: str, model: str) -> dict[int, ModelVersion]:
         """The loaded versions of one model, or ModelNotFound listing what exists."""
@@ -309,6 +626,16 @@ class ModelRegistry:
         if not entry.ready:
             raise ModelNotReady(f"{dataset}/{model} version {entry.version} is not ready yet")
         return entry
+
+    def current(self, entry: ModelVersion) -> ModelVersion:
+        """`entry` while it serves; once a reload retired it, the version now serving its number.
+
+        A request that resolved its version just before a swap runs on the replacement
+        (the same number, newer files) instead of failing; when the number is gone, 404.
+        """
+        if not entry.retired:
+            return entry
+        return self.resolve(entry.dataset, entry.model, entry.version)
 
     def failures_of(self, dataset: str, model: str) -> list[LoadFailure]:
         return [f for f in self.failures if f.dataset == dataset and f.model == model]
@@ -338,8 +665,8 @@ class ModelRegistry:
             for v in versions.values()
             if not v.ready
         ]
-        if self.settings.readiness_strict and self.failures:
-            reasons.append(f"{len(self.failures)} repository entries failed to load")
+        if self.settings.readiness_strict and self._failures:
+            reasons.append(f"{len(self._failures)} repository entries failed to load")
         return Readiness(not reasons, reasons)
 
     # ------------------------------------------------------------------ shutdown
@@ -347,12 +674,36 @@ class ModelRegistry:
     async def close(self) -> None:
         """Stop taking work, drain every queue, release the sessions."""
         self.closing = True
-        entries = [v for versions in self._versions.values() for v in versions.values()]
-        await asyncio.gather(*(v.batcher.close() for v in entries))
-        for entry in entries:
-            entry.ready = False
-            await asyncio.to_thread(entry.pool.close)
+        async with self._lock:  # a reload in progress finishes (and retires) first
+            entries = [v for versions in self._versions.values() for v in versions.values()]
+            await asyncio.gather(*(v.batcher.close() for v in entries))
+            for entry in entries:
+                entry.ready = False
+                await asyncio.to_thread(entry.pool.close)
 
 
 def _visible_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_optional(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _fingerprint(version_dir: Path, config: bytes) -> str:
+    """What identifies a version's files without hashing them all: the manifest (which holds
+    every other file's sha256), each file's size, mtime and inode, and the model's config.json.
+
+    A re-export (new directory), an in-place edit and a config change all change it.
+    """
+    digest = hashlib.sha256(config)
+    digest.update(b"\0")
+    digest.update(_read_optional(version_dir / MANIFEST_FILENAME))
+    for path in sorted(version_dir.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"\0{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}".encode())
+    return digest.hexdigest()

@@ -145,3 +145,32 @@ class ReadinessResponse(_Out):
     reasons: list[str] = Field(description="Why not ready (empty when ready).")
     models: int = Field(description="Model versions serving.")
     failures: list[FailureInfo]
+
+
+class ReloadResponse(_Out):
+    """Answer of `POST /admin/reload`: what the re-scan changed."""
+
+    status: str = Field(description="`ok`, or `error` when nothing could change.")
+    error: str | None = Field(description="Why the repository could not be scanned.")
+    added: list[str] = Field(description="`dataset/model/version` loaded for the first time.")
+    replaced: list[str] = Field(description="Versions whose files changed, now serving anew.")
+    removed: list[str] = Field(description="Versions gone from the repository, now retired.")
+    failed: list[FailureInfo] = Field(
+        description="Entries that failed in this scan (the versions serving before stay)."
+    )
+    unchanged: int = Field(description="Versions kept as they were.")
+    seconds: float = Field(description="Time the reload took, warm-up included.")
+
+
+class UnloadResponse(_Out):
+    dataset: str
+    model: str
+    status: str = Field(description="`unloaded`.")
+
+
+class WebConfig(_Out):
+    """What the web page needs to know about the service."""
+
+    version: str = Field(description="imgzoo version.")
+    api_key_required: bool = Field(description="Whether /predict needs an API key.")
+    default_top_k: int

@@ -9,11 +9,12 @@ environment. Per-model overrides of the batching knobs live in
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imgzoo.errors import UserError
 
@@ -24,6 +25,26 @@ ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF"]
 _T = TypeVar("_T")
 
 SUPPORTED_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+# Tokens travel in HTTP headers: printable ASCII without spaces or commas (the list separator).
+_TOKEN = re.compile(r"^[!-+\--~]{1,512}$")
+
+
+def split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or comma-separated values."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _check_token(token: SecretStr, what: str) -> SecretStr:
+    # Never echo the value: a validation error must not put a secret into a log.
+    if not _TOKEN.match(token.get_secret_value()):
+        raise ValueError(f"{what} must be 1-512 printable ASCII characters, no spaces or commas")
+    return token
 
 
 class Settings(BaseSettings):
@@ -130,6 +151,54 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(default=False, description="Log one line per HTTP request.")
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="API keys accepted by the prediction routes (`Authorization: Bearer <key>` "
+        "or `X-API-Key: <key>`); empty = prediction is open. Comma-separated or a JSON list.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Token of the management routes (`/admin/...`, v2 repository load/unload); "
+        "unset = those routes answer 403.",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Origins allowed to call the API from a browser (CORS), e.g. "
+        "`https://zoo.example.org`; `*` = any; empty = no CORS headers. Comma-separated or JSON.",
+    )
+    reload_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="Re-scan the repository every this many seconds and hot-load what changed "
+        "(seconds; 0 = only on `POST /admin/reload`).",
+    )
+    web_ui: bool = Field(default=True, description="Serve the web page at `/`.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _valid_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        return tuple(_check_token(key, "every API key") for key in keys)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _valid_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        return None if token is None else _check_token(token, "the admin token")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _valid_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be '*' or scheme://host[:port] with no path"
+                )
+        return origins
 
 
 class ModelConfig(BaseModel):

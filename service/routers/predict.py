@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from service.deps import DataPlaneDep
 from service.middleware import record_stages, request_id, request_started
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse, PredictResponse
+from service.security import require_api_key
 from service.uploads import FILE_FIELD, read_images
 
 router = APIRouter(tags=["predict"])
@@ -43,6 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "Malformed body (bad multipart, bad Content-Length).",
+        401: "API keys are configured and the request has none, or a wrong one.",
         404: "Unknown data set, model or version; `details.available` lists what exists.",
         413: "Body larger than max_upload_bytes, or image above max_image_pixels.",
         415: "Neither multipart/form-data nor image/*, or an image format not accepted.",
@@ -60,6 +62,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
     openapi_extra=_REQUEST_BODY,
     summary="Classify images",
+    dependencies=[Depends(require_api_key)],
 )
 async def predict(
     request: Request,

@@ -11,11 +11,11 @@ from models import get_model, list_models
 # (in_channels, image_size, num_classes): fer2013, cifar10, butterfly at 64 and 224 px.
 SHAPES = [(1, 48, 7), (3, 32, 10), (3, 64, 100), (3, 224, 100)]
 SHAPE_IDS = [f"{c}x{s}" for c, s, _ in SHAPES]
-# A train step of the two big nets costs 3-60 GFLOPs per shape, too much for a shared 2-core CPU
-# at every shape: they take theirs at 32 px only. What changes with the shape (the stem, VGG's
-# head grid) is covered by the eval forward at every shape, and resnet50's stems by resnet18's
-# train steps (same builder).
-TRAIN_STEP_ONLY_AT_32 = {"vgg19", "resnet50"}
+# A train step of the two big nets costs 15-60 GFLOPs at 64 and 224 px, too much for a shared
+# 2-core CPU: they take theirs at 32 and 48 px. What changes at the larger shapes (the stem,
+# VGG's head grid) is covered by the eval forward there, and resnet50's stems also by
+# resnet18's train steps (same builder).
+NO_TRAIN_STEP_SIZES = {"vgg19": {64, 224}, "resnet50": {64, 224}}
 BATCH = 2
 
 
@@ -42,8 +42,8 @@ def test_eval_forward_shape_and_values(
 def test_train_step_gradients_flow(
     name: str, in_channels: int, image_size: int, num_classes: int
 ) -> None:
-    if name in TRAIN_STEP_ONLY_AT_32 and image_size != 32:
-        pytest.skip(f"{name} takes its train step at 32 px only (CPU budget)")
+    if image_size in NO_TRAIN_STEP_SIZES.get(name, set()):
+        pytest.skip(f"{name}: no train step at {image_size} px on a CPU budget (eval covers it)")
     model = get_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     model.train()
     images = torch.randn(BATCH, in_channels, image_size, image_size)
@@ -64,6 +64,8 @@ def test_train_step_gradients_flow(
     assert first.grad.abs().sum() > 0, f"no gradient reaches {first_name}"
 
 
+# The TorchScript export (model.ts) uses torch.jit.trace; its deprecation notice is expected.
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
 @pytest.mark.parametrize("name", list_models())
 def test_traces_to_same_outputs(name: str) -> None:
     model = get_model(name, num_classes=10, in_channels=3, image_size=32).eval()
