@@ -76,7 +76,7 @@ RUN imgzoo-pip-install project \
 FROM base AS train
 COPY --from=train-build /opt/venv /opt/venv
 ENV IMGZOO_REPOSITORY=/models
-USER imgzoo
+USER 10001:10001
 WORKDIR /home/imgzoo
 VOLUME ["/models"]
 ENTRYPOINT ["imgzoo"]
@@ -88,7 +88,7 @@ COPY --from=serve-build /opt/venv /opt/venv
 ENV IMGZOO_REPOSITORY=/models \
     IMGZOO_HOST=0.0.0.0 \
     IMGZOO_PORT=8000
-USER imgzoo
+USER 10001:10001
 WORKDIR /home/imgzoo
 VOLUME ["/models"]
 EXPOSE 8000

@@ -6,7 +6,7 @@
 #   deploy/build-wheelhouse.sh serve [ORT_PACKAGE]   default ORT_PACKAGE: onnxruntime
 #   deploy/build-wheelhouse.sh train [ORT_PACKAGE]   torch and its CUDA wheels: several GB
 #
-# Re-running downloads only what is missing. PYTHON picks the pip to use (default python3).
+# Re-running is a no-op while the requirements are unchanged. PYTHON picks the pip to use (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,15 @@ trap 'rm -f "$requirements"' EXIT
 # setuptools + wheel: the image builds the project's own wheel from /src with build isolation.
 printf '%s\n' 'setuptools>=77' 'wheel' >>"$requirements"
 
+# Skip the index when this exact requirement set was downloaded before (IMGZOO_REFRESH_WHEELS=1
+# asks again, e.g. for newer releases).
+stamp="$dest/.requirements.sha256"
+digest=$(cat "$requirements" requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$digest" && ${IMGZOO_REFRESH_WHEELS:-0} != 1 ]]; then
+  echo "$dest: up to date ($(find "$dest" -name '*.whl' | wc -l) wheels)"
+  exit 0
+fi
+
 # Bookworm has glibc 2.36: any manylinux wheel up to 2_36 runs in the image. pip does not
 # widen one --platform to older glibc versions, so every tag is listed.
 platforms=(--platform "manylinux2014_$arch")
@@ -32,4 +41,5 @@ for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_$arch
   --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
   "${platforms[@]}" \
   -c requirements/constraints.txt -r "$requirements" -d "$dest"
+echo "$digest" >"$stamp"
 echo "$dest: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sh "$dest" | cut -f1)"

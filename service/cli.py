@@ -35,6 +35,8 @@ _FLAGS = {
     "warmup": "warmup",
     "access_log": "access_log",
     "log_level": "log_level",
+    "reload_interval_s": "reload_interval_s",
+    "web_ui": "web_ui",
 }
 
 
@@ -45,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="serve a model repository over HTTP (FastAPI + ONNX Runtime)",
         description="Serve every model of a model repository at /predict/<dataset>/<model>. "
         "Unset flags fall back to the IMGZOO_* environment variables, then to the defaults "
-        "(see docs/service.md).",
+        "(see docs/service.md). API keys and the admin token are read from "
+        "IMGZOO_API_KEYS / IMGZOO_ADMIN_TOKEN only, never from flags (process lists show flags).",
     )
     add = parser.add_argument
     add("--repository", type=Path, metavar="DIR", help="model repository (IMGZOO_REPOSITORY)")
@@ -64,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add("--top-k", type=int, metavar="K", help="default number of predictions")
     add("--no-warmup", dest="warmup", action="store_false", default=None, help="skip warm-up")
     add("--access-log", action="store_true", default=None, help="log every request")
+    add(
+        "--reload-interval-s",
+        type=float,
+        metavar="S",
+        help="re-scan the repository every S seconds and hot-load changes (0: off)",
+    )
+    add("--no-web-ui", dest="web_ui", action="store_false", default=None, help="no page at /")
     add(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],

@@ -21,17 +21,33 @@ from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
+# OpenAPI security scheme names: what a route needs can be read from /openapi.json.
+API_KEY_SCHEME = "APIKey"
+ADMIN_SCHEME = "AdminToken"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-# auto_error=False: our own errors (one JSON shape) rather than FastAPI's; these objects only
-# read the headers and document the schemes in OpenAPI ("Authorize" in /docs).
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
-_api_key = APIKeyHeader(
-    name=API_KEY_HEADER, auto_error=False, description="The same token in `X-API-Key`."
+# auto_error=False: our own errors (one JSON shape) rather than FastAPI's. These objects only
+# read the headers, and document each route's scheme in OpenAPI ("Authorize" in /docs).
+_api_bearer = HTTPBearer(
+    scheme_name=API_KEY_SCHEME, auto_error=False, description="`Authorization: Bearer <key>`"
+)
+_api_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name=f"{API_KEY_SCHEME}Header",
+    auto_error=False,
+    description="The API key in `X-API-Key`.",
+)
+_admin_bearer = HTTPBearer(
+    scheme_name=ADMIN_SCHEME, auto_error=False, description="`Authorization: Bearer <token>`"
+)
+_admin_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name=f"{ADMIN_SCHEME}Header",
+    auto_error=False,
+    description="The admin token in `X-API-Key`.",
 )
 
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-ApiKeyDep = Annotated[str | None, Depends(_api_key)]
+Credentials = HTTPAuthorizationCredentials | None
 
 
 def _settings(request: Request) -> Settings:
@@ -68,14 +84,22 @@ def _check(token: str | None, secrets: Sequence[SecretStr], what: str) -> None:
         raise Unauthorized(f"invalid {what}", headers=_CHALLENGE)
 
 
-async def require_api_key(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> None:
+async def require_api_key(
+    request: Request,
+    bearer: Annotated[Credentials, Depends(_api_bearer)],
+    api_key: Annotated[str | None, Depends(_api_header)],
+) -> None:
     """Prediction routes: open when no API key is configured, else one of the keys."""
     keys = _settings(request).api_keys
     if keys:
         _check(presented_token(bearer, api_key), keys, "API key")
 
 
-async def require_admin(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> None:
+async def require_admin(
+    request: Request,
+    bearer: Annotated[Credentials, Depends(_admin_bearer)],
+    api_key: Annotated[str | None, Depends(_admin_header)],
+) -> None:
     """Management routes: 403 when no admin token is configured, else the admin token."""
     token = _settings(request).admin_token
     if token is None:

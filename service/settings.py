@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     """Service settings; each field is also the environment variable `IMGZOO_<FIELD>`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="IMGZOO_", extra="forbid", frozen=True, validate_default=True
+        env_prefix="IMGZOO_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        hide_input_in_errors=True,  # a rejected token must not end up in a log
     )
 
     repository: Path = Field(

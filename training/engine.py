@@ -497,7 +497,9 @@ def _setup_run(
     )
     normalize = Normalize(info.mean, info.std).to(device)
     model.to(device)
-    if resumed is None and recipe.whiten:
+    if recipe.whiten:
+        # Also when resuming: the whitened stem is frozen, and the optimiser's parameter groups
+        # must match the saved ones (the weights themselves come from the checkpoint next).
         from models.fastnet import init_whitening
 
         init_whitening(model, normalize(train_images[: recipe.whiten_images].to(device)))

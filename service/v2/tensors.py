@@ -36,12 +36,6 @@ class ImageInput:
     pixels: npt.NDArray[np.uint8] | None = None
     encoded: list[bytes] | None = None
 
-    @property
-    def count(self) -> int:
-        if self.pixels is not None:
-            return int(self.pixels.shape[0])
-        return len(self.encoded or ())
-
 
 def input_shape(spec: InputSpec) -> list[int]:
     """The UINT8 input shape a client sees in the metadata, -1 for the batch."""

@@ -10,11 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 
 from service.app import create_app
-from service.security import matches_any, require_admin, require_api_key
+from service.security import ADMIN_SCHEME, API_KEY_SCHEME, matches_any
 from service.settings import Settings
 from tests.service.conftest import LiveServer, Repository, copy_version, serve
 
@@ -33,35 +31,29 @@ EXPECTED = {
 OPEN = ["/", "/ui/config", "/models", "/models/gray/tiny", "/healthz", "/readyz", "/metrics"]
 
 
-def _guard(dependant: Dependant) -> str | None:
-    for dependency in dependant.dependencies:
-        if dependency.call is require_api_key:
-            return "api"
-        if dependency.call is require_admin:
-            return "admin"
-        found = _guard(dependency)
-        if found:
-            return found
-    return None
-
-
 def _protected_routes() -> dict[tuple[str, str], str]:
-    app = create_app(Settings(repository=Path()))
+    """Every route whose OpenAPI operation names a security scheme, and which one."""
+    schema = create_app(Settings(repository=Path())).openapi()
     routes: dict[tuple[str, str], str] = {}
-    for route in app.routes:
-        if isinstance(route, APIRoute) and (guard := _guard(route.dependant)):
-            for method in sorted(route.methods - {"HEAD"}):
-                routes[method, route.path] = guard
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            schemes = {name for entry in operation.get("security", []) for name in entry}
+            if API_KEY_SCHEME in schemes:
+                routes[method.upper(), path] = "api"
+            elif ADMIN_SCHEME in schemes:
+                routes[method.upper(), path] = "admin"
     return routes
 
 
 PROTECTED = _protected_routes()
 
 
-def _url(path: str) -> str:
-    # gray/spare: a model only these tests load and unload, so the others keep serving.
-    values = {"dataset": "gray", "model": "spare", "version": "1", "model_name": "gray.spare"}
-    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "gray.spare"), path)
+def _url(path: str, guard: str = "admin") -> str:
+    # Management acts on gray/spare, a model only these tests load and unload; prediction on
+    # gray/tiny, which always serves.
+    model = "tiny" if guard == "api" else "spare"
+    values = {"dataset": "gray", "model": model, "version": "1"}
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), f"gray.{model}"), path)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +81,8 @@ def _request(
     client: httpx.Client, method: str, path: str, headers: dict[str, str], image: bytes
 ) -> httpx.Response:
     body = image if path.startswith("/predict") else None
-    return client.request(method, _url(path), content=body, headers={**PNG, **headers})
+    url = _url(path, PROTECTED[method, path])
+    return client.request(method, url, content=body, headers={**PNG, **headers})
 
 
 def test_every_expected_route_is_protected() -> None:

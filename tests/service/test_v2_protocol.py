@@ -298,7 +298,11 @@ def _image_tensor(shape: list[int], datatype: str = "UINT8", **parameters: Any) 
             0,
             "binary_data_size must be",
         ),
-        ({"inputs": [_image_tensor([1], "BYTES", binary_data_size=8)]}, 8, "declares"),
+        (
+            {"inputs": [_image_tensor([1], "BYTES", binary_data_size=8)]},
+            struct.pack("<I", 100) + b"abcd",
+            "declares",
+        ),
         # structure
         ({"inputs": []}, 0, "inputs"),
         (
@@ -343,9 +347,10 @@ def _image_tensor(shape: list[int], datatype: str = "UINT8", **parameters: Any) 
     ],
 )
 def test_bad_tensors_are_400(
-    server: LiveServer, request_body: dict[str, Any], binary: int, contains: str
+    server: LiveServer, request_body: dict[str, Any], binary: int | bytes, contains: str
 ) -> None:
-    body, headers = _binary_body(request_body, bytes(binary))
+    section = binary if isinstance(binary, bytes) else bytes(binary)
+    body, headers = _binary_body(request_body, section)
     with server.client() as client:
         _error(client.post(INFER, content=body, headers=headers), 400, contains)
 
