@@ -6,7 +6,8 @@
 1. waits (bounded) for the API's /readyz;
 2. POSTs every `<label>.png` of --samples to /predict/<dataset>/<model> as multipart `file` and
    checks each answer: the model named, probabilities best first summing to about 1, and the
-   top-1 label equal to the file's label for at least --min-correct of them;
+   top-1 label equal to the file's label for at least --min-correct of them, and checks the
+   Open Inference Protocol's health and model metadata routes;
 3. waits (bounded) for Prometheus to report the imgzoo-api target up, to hold `imgzoo_` series,
    and to have scraped a request count of at least the requests sent.
 Exit code 0 when every check passed, 1 with the failed check on stderr otherwise.
@@ -108,6 +109,19 @@ def predict_samples(args: argparse.Namespace) -> int:
     return len(samples)
 
 
+def check_open_inference_protocol(args: argparse.Namespace) -> None:
+    """The KServe v2 routes the InferenceService relies on (deploy/k8s/inferenceservice.yaml)."""
+    live = http(f"{args.api}/v2/health/live")
+    if live != {"live": True}:
+        raise CheckError(f"/v2/health/live answered {live}")
+    name = f"{args.dataset}.{args.model}"
+    metadata = http(f"{args.api}/v2/models/{name}")
+    inputs = [spec.get("name") for spec in metadata.get("inputs", [])]
+    if metadata.get("name") != name or inputs != ["image"]:
+        raise CheckError(f"/v2/models/{name}: {metadata!r:.300}")
+    print(f"  /v2/models/{name}: versions {metadata.get('versions')}, inputs {inputs}")
+
+
 def prometheus_query(base: str, query: str) -> list[dict[str, Any]]:
     answer = http(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}")
     if answer.get("status") != "success":
@@ -164,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  ready")
         print("predictions:")
         sent = predict_samples(args)
+        print("open inference protocol:")
+        check_open_inference_protocol(args)
         print("prometheus:")
         check_prometheus(args, sent)
     except CheckError as exc:

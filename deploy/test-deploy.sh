@@ -79,8 +79,12 @@ step "base images (cached in $CACHE)"
 bash deploy/build-base-images.sh
 
 step "wheelhouse for the serve image"
-PYTHON=$PYTHON bash deploy/build-wheelhouse.sh serve onnxruntime 2>&1 | grep -v '^WARNING: Location' || true
-compgen -G "deploy/wheels/serve/*.whl" >/dev/null || die "the wheelhouse is empty"
+mkdir -p "$CACHE"
+if ! PYTHON=$PYTHON timeout 900 bash deploy/build-wheelhouse.sh serve onnxruntime >"$CACHE/wheelhouse.log" 2>&1; then
+  tail -20 "$CACHE/wheelhouse.log" >&2
+  die "filling the wheelhouse failed"
+fi
+tail -1 "$CACHE/wheelhouse.log"
 
 step "demo model repository (trained on the host, cached while export/ and the manifest are unchanged)"
 key=$(cat imgzoo/manifest.py export/*.py | sha256sum | cut -c1-16)

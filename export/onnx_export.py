@@ -66,6 +66,11 @@ def export_onnx(wrapper: torch.nn.Module, sample: torch.Tensor, path: Path, *, o
     """
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the exporter needs at least {MIN_OPSET}")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ExportError(
+            f"opset {opset} is newer than this onnx {onnx.__version__} knows ({newest})"
+        )
     if sample.shape[0] < 2:
         raise ValueError("the sample batch must have at least 2 images to keep the batch dynamic")
     batch = torch.export.Dim(BATCH_DIM, min=1)

@@ -187,7 +187,8 @@ def write_version(
                 f"cannot move version {version} into place at {target}: {exc.strerror}"
             ) from None
         staging = None
-        _fsync(model_dir)
+        with contextlib.suppress(OSError):  # durability of the rename: best effort, it is done
+            _fsync(model_dir)
         return target, manifest
     except BaseException:
         if staging is not None:

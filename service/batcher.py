@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    QueueFull,
+    ServiceError,
+    ShuttingDown,
+)
 from service.runtime import Logits, UInt8Batch
 
 logger = logging.getLogger(__name__)
@@ -147,6 +153,24 @@ class Batcher:
                 "the image was not processed before its deadline",
                 details={"timeout_ms": round(self.timeout_s * 1000, 3)},
             ) from None
+
+    def abort_queued(self, make_error: Callable[[], ServiceError]) -> int:
+        """Refuse new images and fail the queued ones with `make_error()`; returns how many.
+
+        Images already taken into a batch still run. Used when a shutdown runs out of time, so
+        that every waiting caller gets an answer rather than a dropped connection.
+        """
+        self._closing = True
+        aborted = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return aborted
+            if not item.future.done():
+                item.future.set_exception(make_error())
+                aborted += 1
+            self._queue.task_done()
 
     async def close(self) -> None:
         """Refuse new images, let the queued ones run, then stop the workers."""

@@ -16,6 +16,8 @@ from imgzoo.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+_STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up fails
+
 # flag destination -> Settings field
 _FLAGS = {
     "repository": "repository",
@@ -37,6 +39,8 @@ _FLAGS = {
     "log_level": "log_level",
     "reload_interval_s": "reload_interval_s",
     "web_ui": "web_ui",
+    "graceful_shutdown_s": "graceful_shutdown_s",
+    "shutdown_delay_s": "shutdown_delay_s",
 }
 
 
@@ -75,6 +79,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add("--no-web-ui", dest="web_ui", action="store_false", default=None, help="no page at /")
     add(
+        "--graceful-shutdown-s",
+        type=float,
+        metavar="S",
+        help="on SIGTERM, exit within S seconds; open requests finish (default 30)",
+    )
+    add(
+        "--shutdown-delay-s",
+        type=float,
+        metavar="S",
+        help="on SIGTERM, keep listening S seconds (answering 503) before closing (default 0)",
+    )
+    add(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
         help="service log level",
@@ -106,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.runtime import plan_providers
+    from service.server import GracefulServer
 
     settings = _settings_from(args)
     if not settings.repository.is_dir():
@@ -119,13 +136,21 @@ def serve(args: argparse.Namespace) -> int:
         settings.host,
         settings.port,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
+        timeout_graceful_shutdown=math.floor(settings.graceful_shutdown_s),
         server_header=False,
     )
-    return 0
+    server = GracefulServer(
+        config,
+        app.state.service,
+        grace_s=settings.graceful_shutdown_s,
+        delay_s=settings.shutdown_delay_s,
+    )
+    server.run()
+    # As `uvicorn.run`: a start-up that failed (logged by uvicorn) exits non-zero.
+    return 0 if server.started else _STARTUP_FAILURE

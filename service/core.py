@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from service.dataplane import DataPlane
 from service.metrics import ServiceMetrics
@@ -34,6 +35,8 @@ class Service:
         self.dataplane = DataPlane(settings, self.registry, self.metrics, decode_threads)
         self.started = False
         self._poller: asyncio.Task[None] | None = None
+        # `time.monotonic()` by which `stop` must be done; set when a shutdown begins.
+        self._stop_by: float | None = None
 
     async def start(self) -> None:
         logger.info(
@@ -58,12 +61,35 @@ class Service:
             except Exception:  # the poller must outlive any one bad scan
                 logger.exception("repository poll failed")
 
+    def begin_shutdown(self, stop_by: float | None = None) -> None:
+        """Readiness false and new predictions 503 `shutting_down` from now on; what is queued
+        or running goes on. `stop_by` (`time.monotonic()`) bounds the draining in `stop`.
+
+        Only sets flags, so a signal handler may call it.
+        """
+        self._stop_by = stop_by
+        self.registry.begin_shutdown()
+
+    def abort_queued(self) -> None:
+        """Answer every image still waiting in a queue with 503 `shutting_down` (shutdown is
+        running out of time); images already in a batch still get their result."""
+        aborted = self.registry.abort_queued()
+        if aborted:
+            logger.warning("shutdown: %d queued image(s) answered 503 before they ran", aborted)
+
     async def stop(self) -> None:
+        """Stop polling, drain the queues (until the shutdown deadline, when one is set) and
+        release sessions and threads."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        await self.registry.close()
+        remaining = None if self._stop_by is None else max(0.0, self._stop_by - time.monotonic())
+        try:
+            await asyncio.wait_for(self.registry.close(), remaining)
+        except TimeoutError:
+            # The process is about to exit: it must not outlive its grace period.
+            logger.error("shutdown: the queues did not drain within the grace period")
         self.dataplane.close()
         self.started = False

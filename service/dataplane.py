@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batcher import RowResult
-from service.errors import ServiceError
+from service.errors import ServiceError, ShuttingDown
 from service.imaging import DecodeLimits, decode_image
 from service.metrics import UNKNOWN, ServiceMetrics
 from service.registry import ModelRegistry, ModelVersion
@@ -111,6 +111,17 @@ class DataPlane:
             self.metrics.observe_request(*labels, status, outcome.stages if status == 200 else None)
 
     def resolve(self, dataset: str, model: str, version: int | None) -> ModelVersion:
+        """The version a new request runs on; 503 `shutting_down` once a shutdown began.
+
+        Requests that got past this point before the shutdown began still finish.
+        """
+        if self.registry.closing:
+            raise ShuttingDown(
+                "the service is shutting down; retry on another instance",
+                # Closing the connection sends the client's retry to a fresh connection,
+                # which a load balancer routes to an instance that is not going away.
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
         return self.registry.resolve(dataset, model, version)
 
     async def predict(

@@ -39,7 +39,13 @@ from imgzoo.manifest import (
 )
 from imgzoo.names import is_valid_name, is_valid_version
 from service.batcher import Batcher
-from service.errors import ModelNotFound, ModelNotReady, ServiceError, VersionNotFound
+from service.errors import (
+    ModelNotFound,
+    ModelNotReady,
+    ServiceError,
+    ShuttingDown,
+    VersionNotFound,
+)
 from service.metrics import ServiceMetrics, VersionState
 from service.runtime import (
     ProviderSelector,
@@ -671,6 +677,22 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ shutdown
 
+    def begin_shutdown(self) -> None:
+        """Readiness false and no more reloads; what is queued or running goes on.
+
+        Only sets a flag, so a signal handler may call it.
+        """
+        self.closing = True
+
+    def abort_queued(self) -> int:
+        """Fail every image still waiting in a queue with 503 `shutting_down`; returns how many."""
+        self.closing = True
+        return sum(
+            entry.batcher.abort_queued(_stopped_before_run)
+            for versions in self._versions.values()
+            for entry in versions.values()
+        )
+
     async def close(self) -> None:
         """Stop taking work, drain every queue, release the sessions."""
         self.closing = True
@@ -680,6 +702,12 @@ class ModelRegistry:
             for entry in entries:
                 entry.ready = False
                 await asyncio.to_thread(entry.pool.close)
+
+
+def _stopped_before_run() -> ShuttingDown:
+    return ShuttingDown(
+        "the service stopped before this image ran; retry", headers={"Retry-After": "1"}
+    )
 
 
 def _visible_dirs(path: Path) -> list[Path]:

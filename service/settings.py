@@ -151,7 +151,18 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(
         default=30.0,
         ge=0,
-        description="On SIGTERM, how long open requests may still finish (seconds).",
+        le=3600,
+        description="On SIGTERM (or Ctrl-C), the most time from the signal to the exit of "
+        "`imgzoo serve`: open requests and queued images finish within it; what is still "
+        "queued near its end is answered 503 `shutting_down` (seconds).",
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long `imgzoo serve` keeps accepting connections, answering "
+        "/readyz 503 and new predictions 503 `shutting_down`, before it stops listening, so a "
+        "load balancer takes it out of rotation first (seconds; part of graceful_shutdown_s).",
     )
     access_log: bool = Field(default=False, description="Log one line per HTTP request.")
     log_level: LogLevel = Field(default="info", description="Log level of the service.")

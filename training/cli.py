@@ -224,6 +224,7 @@ def _train_command(args: argparse.Namespace) -> int:
             args.repository,
             data_root=data_root,
             progress=not args.no_progress,
+            cache_dir=_cache_dir(args),
         )
         print(f"exported: {exported.version_dir}")
     return 0
@@ -420,7 +421,7 @@ def _register_bench(subparsers: argparse._SubParsersAction[Any]) -> None:
     t.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps per model")
     t.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first")
     t.add_argument("--batch-size", type=int, metavar="N", help="default 128 (32 for large models)")
-    t.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
+    t.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off")
     t.add_argument("--channels-last", action="store_true")
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, metavar="N", help="torch intra-op CPU threads")

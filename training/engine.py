@@ -140,6 +140,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a recipe's `amp` on this device (None = full float32)."""
     if amp == "off":
         return None
+    if amp == "auto":
+        # Emulated bf16 on CPUs without native support is several times slower than float32.
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16":
         if device.type != "cuda":
             raise TrainingError("amp=fp16 needs a CUDA device; use amp=bf16 on the CPU")
@@ -507,7 +512,8 @@ def _setup_run(
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     optimizer, lookahead = build_optimizer(model, recipe)
-    scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
+    amp_dtype = autocast_dtype(recipe.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     n_train = len(train_images)
     schedule = build_schedule(
         recipe.schedule,
@@ -532,7 +538,7 @@ def _setup_run(
         scaler=scaler,
         schedule=schedule,
         normalize=normalize,
-        amp_dtype=autocast_dtype(recipe.amp, device),
+        amp_dtype=amp_dtype,
         model_kwargs=model_kwargs,
         state=StepState(),
     )

@@ -23,7 +23,7 @@ from imgzoo.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -113,7 +113,9 @@ class Recipe:
 
     # --- speed -----------------------------------------------------------------------------
     amp: str = "off"
-    """Autocast: off, bf16 (CUDA and CPU), fp16 (CUDA only, with a gradient scaler)."""
+    """Autocast: off; auto (bf16 on CUDA, fp16 on CUDA without bf16, off on the CPU); bf16
+    (CUDA and CPU: only fast on CPUs with native bf16, AVX-512-BF16 / AMX); fp16 (CUDA only,
+    with a gradient scaler)."""
     channels_last: bool = False
     """Store activations NHWC (channels_last); pays off on CUDA with AMP and on CPU with bf16."""
     compile: bool = False
@@ -330,7 +332,7 @@ RECIPES: dict[str, Recipe] = {
             crop_padding=2,
             flip=True,
             whiten=True,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         _cifar10(
@@ -347,7 +349,7 @@ RECIPES: dict[str, Recipe] = {
             ema_decay=0.999,
             crop_padding=4,
             cutout=8,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         # kuangliu-style ResNet-18, shortened to 100 epochs with a one-cycle schedule.
@@ -364,7 +366,7 @@ RECIPES: dict[str, Recipe] = {
             label_smoothing=0.0,
             crop_padding=4,
             cutout=8,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         Recipe(
@@ -382,7 +384,7 @@ RECIPES: dict[str, Recipe] = {
             ema_decay=0.999,
             crop_padding=4,
             cutout=12,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         # The seed project fine-tuned an ImageNet VGG-19; from scratch here (weights=imagenet
@@ -401,7 +403,7 @@ RECIPES: dict[str, Recipe] = {
             label_smoothing=0.1,
             crop_padding=4,
             cutout=12,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         Recipe(
@@ -420,7 +422,7 @@ RECIPES: dict[str, Recipe] = {
             ema_decay=0.999,
             crop_padding=6,
             cutout=16,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
         Recipe(
@@ -440,7 +442,7 @@ RECIPES: dict[str, Recipe] = {
             ema_decay=0.999,
             crop_padding=6,
             cutout=16,
-            amp="bf16",
+            amp="auto",
             channels_last=True,
         ),
     )

@@ -6,10 +6,10 @@ two protocols batch together), decoding, the request metrics and the per-version
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.routing import Match
@@ -58,6 +58,17 @@ router = APIRouter(route_class=V2Route, tags=["v2 (Open Inference Protocol)"])
 
 _MODEL = "/v2/models/{name}"
 _VERSION = "/v2/models/{name}/versions/{version}"
+# A version in a path: documented as the positive integer it must be, checked by
+# `parse_version` (so a bad one answers the protocol's 400 with our own message).
+Version = Annotated[
+    str,
+    Path(
+        description="Model version, a positive integer.",
+        json_schema_extra={"pattern": "^[1-9][0-9]*$"},
+    ),
+]
+# The repository extension answers an empty 200: documented without a body.
+_EMPTY_OK: dict[int | str, dict[str, Any]] = {200: {"description": "Done.", "content": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
@@ -157,7 +168,7 @@ async def model_metadata(name: str, registry: RegistryDep) -> Response:
 @router.get(
     _VERSION, response_model=ModelMetadata, responses=_ERRORS, summary="Model version metadata"
 )
-async def model_version_metadata(name: str, version: str, registry: RegistryDep) -> Response:
+async def model_version_metadata(name: str, version: Version, registry: RegistryDep) -> Response:
     """Input and output tensors of one version of `<dataset>.<model>`."""
     return OrjsonResponse(_metadata(registry, name, version))
 
@@ -183,7 +194,7 @@ async def model_ready(name: str, registry: RegistryDep) -> Response:
     responses=_ERRORS,
     summary="Model version ready",
 )
-async def model_version_ready(name: str, version: str, registry: RegistryDep) -> Response:
+async def model_version_ready(name: str, version: Version, registry: RegistryDep) -> Response:
     """200 when this version serves; 400 when not ready; 404 when unknown."""
     return _model_ready(registry, name, version)
 
@@ -243,7 +254,9 @@ async def infer(request: Request, name: str, plane: DataPlaneDep) -> Response:
     dependencies=[Depends(require_api_key)],
     summary="Inference on a version",
 )
-async def infer_version(request: Request, name: str, version: str, plane: DataPlaneDep) -> Response:
+async def infer_version(
+    request: Request, name: str, version: Version, plane: DataPlaneDep
+) -> Response:
     """Like `/v2/models/{name}/infer`, on one version."""
     return await _infer(request, name, version, plane)
 
@@ -326,7 +339,8 @@ def _no_overrides(options: dict[str, Any]) -> None:
 
 @router.post(
     "/v2/repository/models/{name}/load",
-    responses=_ERRORS,
+    response_class=Response,
+    responses={**_ERRORS, **_EMPTY_OK},
     dependencies=[Depends(require_admin)],
     summary="Load a model",
 )
@@ -349,7 +363,8 @@ async def repository_load(
 
 @router.post(
     "/v2/repository/models/{name}/unload",
-    responses=_ERRORS,
+    response_class=Response,
+    responses={**_ERRORS, **_EMPTY_OK},
     dependencies=[Depends(require_admin)],
     summary="Unload a model",
 )

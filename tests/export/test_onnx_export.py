@@ -69,11 +69,14 @@ def test_a_fixed_batch_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
         check_onnx(pinned, height=8, width=8, channels=3, num_classes=5)
 
 
-def test_old_opset_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="opset 13 is too old"):
-        export_onnx(
-            Tiny(), torch.zeros(2, 8, 8, 3, dtype=torch.uint8), tmp_path / "x.onnx", opset=13
-        )
+@pytest.mark.parametrize(
+    ("opset", "message"), [(13, "opset 13 is too old"), (999, "opset 999 is newer")]
+)
+def test_unsupported_opsets_are_refused(tmp_path: Path, opset: int, message: str) -> None:
+    sample = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    with pytest.raises(ExportError, match=message):
+        export_onnx(Tiny(), sample, tmp_path / "x.onnx", opset=opset)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_simplification_keeps_an_already_optimal_graph(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""fastnet on real CIFAR-10 images (a 2,000-image subset), on the CPU, a few epochs."""
+"""fastnet on real CIFAR-10 images (a 2,000-image subset), on the CPU, two epochs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_fastnet_learns_real_cifar10_subset(cifar10_subset: Path, tmp_path: Path
     recipe = tiny_recipe(
         name="cifar10_fastnet_subset",
         dataset="cifar10",
-        epochs=4,
+        epochs=2,
         batch_size=32,
         lr=0.1,
         label_smoothing=0.2,
