@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR
 from time import perf_counter
 from typing import Any
 
@@ -206,6 +208,8 @@ class _Failure:
 class _Scan:
     candidates: list[_Candidate] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
+    # (device, inode) of the repository directory when the scan began.
+    root_identity: tuple[int, int] = (0, 0)
     # Models whose config.json is broken: what they serve stays as it is.
     blocked: set[ModelKey] = field(default_factory=set)
 
@@ -347,12 +351,7 @@ class ModelRegistry:
         try:
             scan = await asyncio.to_thread(self._scan, scope)
         except (OSError, RepositoryError) as exc:
-            reason = self._reason(exc)
-            logger.error("reload: cannot scan the repository, nothing changed: %s", reason)
-            self.metrics.reloads.labels("error").inc()
-            report = ReloadReport(error=reason, seconds=perf_counter() - started)
-            self.last_reload = report
-            return report
+            return self._scan_failed(exc, started)
 
         old = self._versions
         previous = {f.failure.path: f for f in self._failures}
@@ -407,6 +406,17 @@ class ModelRegistry:
                 entry.pool.close()
             raise
 
+        try:
+            vanished = await asyncio.to_thread(self._root_identity) != scan.root_identity
+        except RepositoryError:
+            vanished = True
+        if vanished:  # files were read from a directory that is gone: keep what serves
+            for entry in staged:
+                entry.pool.close()
+            return self._scan_failed(
+                RepositoryError("the repository directory vanished during the reload"), started
+            )
+
         new = {key: versions for key, versions in new.items() if versions}
         kept = {id(v) for versions in new.values() for v in versions.values()}
         retired = [v for versions in old.values() for v in versions.values() if id(v) not in kept]
@@ -438,6 +448,15 @@ class ModelRegistry:
             unchanged=unchanged,
             seconds=perf_counter() - started,
         )
+        self.last_reload = report
+        return report
+
+    def _scan_failed(self, exc: BaseException, started: float) -> ReloadReport:
+        """The report of a reload that could not read the repository: nothing changed."""
+        reason = self._reason(exc)
+        logger.error("reload: cannot scan the repository, nothing changed: %s", reason)
+        self.metrics.reloads.labels("error").inc()
+        report = ReloadReport(error=reason, seconds=perf_counter() - started)
         self.last_reload = report
         return report
 
@@ -489,9 +508,7 @@ class ModelRegistry:
 
         Raises OSError when the repository cannot be read (the caller then changes nothing).
         """
-        if not self.root.is_dir():
-            raise RepositoryError("the repository directory is missing")
-        scan = _Scan()
+        scan = _Scan(root_identity=self._root_identity())
 
         def fail(path: str, dataset: str, model: str, reason: str | BaseException) -> None:
             text = reason if isinstance(reason, str) else self._reason(reason)
@@ -537,7 +554,20 @@ class ModelRegistry:
                             _fingerprint(version_dir, config_bytes),
                         )
                     )
+        if self._root_identity() != scan.root_identity:
+            # Half a listing of a vanishing directory looks like an emptied repository.
+            raise RepositoryError("the repository directory changed during the scan")
         return scan
+
+    def _root_identity(self) -> tuple[int, int]:
+        """(device, inode) of the repository directory; RepositoryError when it is gone."""
+        try:
+            stat = self.root.stat()
+        except OSError:
+            raise RepositoryError("the repository directory is missing") from None
+        if not S_ISDIR(stat.st_mode):
+            raise RepositoryError("the repository is not a directory")
+        return stat.st_dev, stat.st_ino
 
     def _load_version(self, candidate: _Candidate, selector: ProviderSelector) -> ModelVersion:
         """Validate, create the sessions and warm up one version (blocking)."""
@@ -711,7 +741,17 @@ def _stopped_before_run() -> ShuttingDown:
 
 
 def _visible_dirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The subdirectories of `path` not hidden by a leading dot, sorted; OSError when `path`
+    cannot be listed."""
+    with os.scandir(path) as entries:
+        # DirEntry.is_dir answers from the listing itself where the file system reports types,
+        # so an entry that vanishes after the listing still counts as listed.
+        found = [
+            Path(entry.path)
+            for entry in entries
+            if entry.is_dir() and not entry.name.startswith(".")
+        ]
+    return sorted(found)
 
 
 def _read_optional(path: Path) -> bytes:
