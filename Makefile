@@ -47,3 +47,6 @@ test: install system-deps lint
 
 clean:
 	rm -rf $(VENV) runs model_repository .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# The deployment test on a real Docker engine (issue 6): docker.io, dockerd, local base images.
+include deploy/Makefile.deploy

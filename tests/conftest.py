@@ -69,7 +69,7 @@ def shared_subset(tmp_path_factory: pytest.TempPathFactory) -> SubsetFactory:
         key = (name, per_class, splits)
         if key not in cache:
             tarball = shared_tarball(name)
-            dest = tmp_path_factory.mktemp(name.split(".")[0] + f"-{per_class}")
+            dest = tmp_path_factory.mktemp(name.split(".", maxsplit=1)[0] + f"-{per_class}")
             cache[key] = extract_subset(tarball, dest, per_class, splits)
         return cache[key]
 

@@ -4,7 +4,8 @@ A checkpoint is one `torch.save` dict holding everything needed to rebuild the n
 it the way it was trained, and describe it in a manifest, without the training code's state:
 
     format             "imgzoo-checkpoint"       format_version  1
-    architecture       registered builder name    model_kwargs   {num_classes, in_channels, image_size}
+    architecture       registered builder name
+    model_kwargs       {num_classes, in_channels, image_size}
     state_dict         weights to export (the EMA weights when EMA was on)
     data               DataInfo as a dict: dataset name, root, labels, input spec, split seed
     recipe / hyperparameters / seed / device / epoch / epochs / train_seconds
