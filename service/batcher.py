@@ -120,12 +120,7 @@ class Batcher:
         if self._closing:
             raise ShuttingDown("the service is shutting down")
         if self._queue.qsize() + len(images) > self.max_queue_size:
-            self.stats.rejected += len(images)
-            raise QueueFull(
-                "the model's queue is full, retry later",
-                details={"max_queue_size": self.max_queue_size},
-                headers={"Retry-After": str(self._retry_after_s())},
-            )
+            raise self.refuse(len(images))
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + self.timeout_s
@@ -135,6 +130,15 @@ class Batcher:
             self._queue.put_nowait(_Item(image, future, now, deadline))
             futures.append(future)
         return futures
+
+    def refuse(self, images: int) -> QueueFull:
+        """The 503 for `images` that find no room (counted as rejected), with Retry-After."""
+        self.stats.rejected += images
+        return QueueFull(
+            "the model's queue is full, retry later",
+            details={"max_queue_size": self.max_queue_size},
+            headers={"Retry-After": str(self._retry_after_s())},
+        )
 
     def _retry_after_s(self) -> int:
         """Whole seconds until the queue has likely drained (at least 1)."""

@@ -124,6 +124,24 @@ class DataPlane:
             )
         return self.registry.resolve(dataset, model, version)
 
+    @contextmanager
+    def admit(self, entry: ModelVersion) -> Iterator[None]:
+        """Hold a place for one request on `entry` from before its body is read to its answer.
+
+        When the version already has as many requests in flight as its queue and its running
+        batches hold (`max_queue_size + max_batch_size x sessions`), the request is refused at
+        once with 503 `queue_full`: under overload, bodies waiting to be read and decoded are
+        bounded like the queue, instead of piling up in front of it.
+        """
+        batching = entry.batching
+        if entry.in_flight >= batching.max_queue_size + batching.max_batch_size * batching.sessions:
+            raise entry.batcher.refuse(1)
+        entry.in_flight += 1
+        try:
+            yield
+        finally:
+            entry.in_flight -= 1
+
     async def predict(
         self,
         entry: ModelVersion,

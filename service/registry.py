@@ -121,6 +121,8 @@ class ModelVersion:
     counters: RequestCounters = field(default_factory=RequestCounters)
     fingerprint: str = ""
     retired: bool = False
+    # Requests admitted to this version and not answered yet (`DataPlane.admit`).
+    in_flight: int = field(default=0, init=False)
     _leases: int = field(default=0, init=False, repr=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 

@@ -81,14 +81,15 @@ async def predict(
     """Top-k labels of each image, best first, with per-stage latency."""
     with plane.track(dataset, model) as outcome:
         entry = plane.resolve(dataset, model, version)
-        images = await read_images(request, plane.upload_limits)
-        result = await plane.predict(
-            entry,
-            images,
-            top_k=top_k,
-            request_id=request_id(request),
-            started=request_started(request),
-        )
+        with plane.admit(entry):
+            images = await read_images(request, plane.upload_limits)
+            result = await plane.predict(
+                entry,
+                images,
+                top_k=top_k,
+                request_id=request_id(request),
+                started=request_started(request),
+            )
         outcome.stages = result.stages
     record_stages(request, result.stages)
     return OrjsonResponse(result.body)

@@ -213,17 +213,18 @@ async def _infer(
     with plane.track(dataset, model) as outcome:
         entry = _lookup(plane.registry, name, version_text)
         entry = plane.resolve(entry.dataset, entry.model, entry.version)  # ready, or 503
-        body = await read_body(request, settings.max_upload_bytes)
-        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        inference = parse_request(header)
-        outputs = requested_outputs(inference)
-        images = image_input(
-            inference.inputs,
-            binary_sections(inference.inputs, binary),
-            entry.manifest.input,
-            settings.max_images_per_request,
-        )
-        result = await run(plane, entry, images, outputs, started=request_started(request))
+        with plane.admit(entry):
+            body = await read_body(request, settings.max_upload_bytes)
+            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            inference = parse_request(header)
+            outputs = requested_outputs(inference)
+            images = image_input(
+                inference.inputs,
+                binary_sections(inference.inputs, binary),
+                entry.manifest.input,
+                settings.max_images_per_request,
+            )
+            result = await run(plane, entry, images, outputs, started=request_started(request))
         outcome.stages = result.stages
     record_stages(request, result.stages)
     answer: dict[str, Any] = {"model_name": name, "model_version": str(result.entry.version)}

@@ -111,7 +111,9 @@ NAMED_ROUTES = [
 
 @pytest.mark.parametrize("bad", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
 @pytest.mark.parametrize(
-    ("method", "route", "admin", "shape"), NAMED_ROUTES, ids=[f"{m} {r}" for m, r, *_ in NAMED_ROUTES]
+    ("method", "route", "admin", "shape"),
+    NAMED_ROUTES,
+    ids=[f"{m} {r}" for m, r, *_ in NAMED_ROUTES],
 )
 def test_bad_names_are_404_on_every_route(
     guarded: LiveServer, method: str, route: str, admin: bool, shape: str, bad: str
@@ -214,7 +216,10 @@ def test_top_k_bounds_and_clamping(
 
 def test_v2_classification_above_the_class_count_is_clamped(guarded: LiveServer) -> None:
     tensor = {"name": "image", "shape": [1, 24, 20, 1], "datatype": "UINT8", "data": [7] * 480}
-    request = {"inputs": [tensor], "outputs": [{"name": "logits", "parameters": {"classification": 50}}]}
+    request = {
+        "inputs": [tensor],
+        "outputs": [{"name": "logits", "parameters": {"classification": 50}}],
+    }
     with guarded.client() as client:
         response = client.post("/v2/models/gray.tiny/infer", json=request)
     assert response.status_code == 200, response.text

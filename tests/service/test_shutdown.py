@@ -46,7 +46,9 @@ def _gauge(url: str, name: str) -> float:
 
 
 @pytest.fixture
-def process(model_repository: Repository, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def process(
+    model_repository: Repository, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     repository = tmp_path / "repo"
     shutil.copytree(model_repository.gray, repository / "gray" / "tiny" / "1")
     port = _free_port()

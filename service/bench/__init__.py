@@ -1,0 +1,1 @@
+"""Benchmarks of the running service (not tests): `python -m service.bench.soak`."""
