@@ -47,20 +47,9 @@ def demo_images(info: DataInfo, count: int) -> npt.NDArray[np.uint8]:
 def _from_dataset(
     info: DataInfo, root: Path | None, count: int, cache_dir: Path | None, progress: bool
 ) -> ParityImages:
-    from training.datasets import load_data
+    from training.datasets import load_data_like
 
-    bundle = load_data(
-        info.dataset,
-        root,
-        image_size=info.height,
-        channels=info.channels,
-        val_fraction=info.val_fraction,
-        split_seed=info.split_seed,
-        cache_dir=cache_dir,
-        progress=progress,
-        resize=info.resize,
-        interpolation=info.interpolation,
-    )
+    bundle = load_data_like(info, root, cache_dir=cache_dir, progress=progress)
     expected = (info.channels, info.height, info.width)
     found = tuple(bundle.val.images.shape[1:])
     if found != expected:

@@ -540,3 +540,26 @@ def _load_cifar10(root: Path, spec: DatasetSpec, opts: _Options, download: bool)
     if batches is not None:
         return _load_cifar_batches(batches, opts)
     return _load_folder(root, spec, opts, allow_flat=False)
+
+
+def load_data_like(
+    info: DataInfo, root: Path | None, *, cache_dir: Path | None = None, progress: bool = True
+) -> DataBundle:
+    """Reload the data set a checkpoint was trained on, split and prepared exactly as then.
+
+    `root` overrides `info.root` (the data may have moved since training).
+    """
+    if root is None and info.root:
+        root = Path(info.root)
+    return load_data(
+        info.dataset,
+        root,
+        image_size=info.height,
+        channels=info.channels,
+        val_fraction=info.val_fraction,
+        split_seed=info.split_seed,
+        cache_dir=cache_dir,
+        progress=progress,
+        resize=info.resize,
+        interpolation=info.interpolation,
+    )

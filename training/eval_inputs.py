@@ -26,19 +26,10 @@ def split_images(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(images uint8 NCHW, labels, description) of `split` of the checkpoint's data set."""
-    from training.datasets import load_data
+    from training.datasets import load_data_like
 
     root = data_root if data_root is not None else (Path(info.root) if info.root else None)
-    bundle = load_data(
-        info.dataset,
-        root,
-        image_size=info.height,
-        channels=info.channels,
-        val_fraction=info.val_fraction,
-        split_seed=info.split_seed,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    bundle = load_data_like(info, root, cache_dir=cache_dir, progress=progress)
     if list(bundle.info.labels) != list(info.labels):
         raise DataError(
             f"the {info.dataset} data at {root} has classes {bundle.info.labels}, "

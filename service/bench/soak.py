@@ -542,16 +542,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--output", type=Path, help="write the JSON report here")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m service.bench.soak", description=__doc__.split("\n\n")[0]
-    )
-    configure(parser)
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """Run the soak for parsed `configure` options: 0 when it passed, 1 when not."""
     if not args.url and not args.repository:
-        parser.error("give --repository (start a server) or --url")
+        raise SystemExit("soak: give --repository (start a server) or --url")
     if args.url and not (args.repository or args.reference_repository):
-        parser.error("with --url, give --reference-repository to compute the expected answers")
+        raise SystemExit("soak: with --url, give --reference-repository for the answers")
     if args.server_log is None:
         args.server_log = Path(tempfile.mkstemp(prefix="imgzoo-soak-", suffix=".log")[1])
     report = asyncio.run(run(args))
@@ -561,6 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     print(f"soak: server log in {args.server_log}", file=sys.stderr)
     return 0 if report["passed"] else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.bench.soak", description=__doc__.split("\n\n")[0]
+    )
+    configure(parser)
+    return command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
