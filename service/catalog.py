@@ -41,6 +41,7 @@ def version_info(entry: ModelVersion) -> dict[str, Any]:
             "rejected_images": stats.rejected,
             "queue_depth": entry.batcher.queue_depth,
             "busy_sessions": entry.batcher.busy_workers,
+            "in_flight_requests": entry.in_flight,
             "mean_batch_size": round(stats.images / stats.batches, 3) if stats.batches else None,
             "mean_inference_ms": (
                 round(stats.inference_seconds / stats.batches * 1000, 3) if stats.batches else None

@@ -92,6 +92,10 @@ class VersionCounters(_Out):
     rejected_images: int
     queue_depth: int
     busy_sessions: int
+    in_flight_requests: int = Field(
+        description="Requests admitted and not answered yet; at `max_queue_size + "
+        "max_batch_size x sessions` new ones get 503 before their body is read."
+    )
     mean_batch_size: float | None
     mean_inference_ms: float | None
 

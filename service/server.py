@@ -8,7 +8,7 @@ On the first SIGTERM (or Ctrl-C), at time t0, with grace period G and delay D (s
 2. at t0 + D: the listening socket closes and idle keep-alive connections are closed; open
    requests keep running;
 3. shortly before t0 + G - R (R, a reserve for the release of the sessions, is the smaller of
-   1 s and G / 4): images still waiting in a queue are answered 503 `shutting_down`, so no
+   2 s and G / 4): images still waiting in a queue are answered 503 `shutting_down`, so no
    caller is left without an answer; then uvicorn cancels whatever is still open (a client
    that never finishes sending its body, say);
 4. the app's lifespan drains and releases the models, bounded by t0 + G, and the process exits
@@ -49,7 +49,7 @@ class GracefulServer(uvicorn.Server):
     @property
     def reserve_s(self) -> float:
         """Time kept at the end of the grace period for releasing the models."""
-        return min(1.0, self._grace_s / 4)
+        return min(2.0, self._grace_s / 4)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signalled_at is None:

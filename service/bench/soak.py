@@ -45,6 +45,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from imgzoo.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 RSS_GROWTH_LIMIT = 0.05
 _STALE_AFTER_S = 2.0  # idle keep-alive connections older than this are not reused (uvicorn: 5 s)
@@ -86,7 +88,7 @@ def load_images(source: Path, count: int) -> list[tuple[str, bytes]]:
                     if len(found) >= count:
                         break
     if not found:
-        raise SystemExit(f"soak: no images found in {source}")
+        raise UserError(f"no images found in {source}")
     return found
 
 
@@ -383,14 +385,14 @@ async def _wait_ready(client: Client, process: subprocess.Popen[bytes] | None) -
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise SystemExit("soak: the server exited during start-up (see its log)")
+            raise UserError("the server exited during start-up (see its log)")
         try:
             if (await client.request("GET", "/readyz")).status == 200:
                 return
         except (DroppedError, TimeoutError):
             pass
         await asyncio.sleep(0.5)
-    raise SystemExit("soak: the server did not become ready within 300 s")
+    raise UserError("the server did not become ready within 300 s")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -408,12 +410,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await _wait_ready(control, process)
         models = orjson.loads((await control.request("GET", "/models")).body)["models"]
         if not models:
-            raise SystemExit("soak: the server has no model loaded")
+            raise UserError("the server has no model loaded")
         chosen = next(
             (m for m in models if f"{m['dataset']}/{m['model']}" == args.model), None
         ) if args.model else models[0]  # fmt: skip
         if chosen is None:
-            raise SystemExit(f"soak: the server has no model {args.model}")
+            raise UserError(f"the server has no model {args.model}")
         dataset, model = chosen["dataset"], chosen["model"]
         version = chosen["default_version"]
         bound = next(v for v in chosen["versions"] if v["version"] == version)["batching"]
@@ -428,7 +430,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             client, target, samples, args.concurrency, args.calibrate_s
         )
         if saturating <= 0:
-            raise SystemExit(f"soak: calibration answered nothing: {calibration.summary()}")
+            raise UserError(f"calibration answered nothing: {calibration.summary()}")
         rate = saturating * args.overload
         print(f"soak: saturating {saturating:.1f} req/s, sending {rate:.1f} req/s", flush=True)
         warmup = await open_loop(client, target, samples, rate, args.warmup_s)
@@ -545,9 +547,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """Run the soak for parsed `configure` options: 0 when it passed, 1 when not."""
     if not args.url and not args.repository:
-        raise SystemExit("soak: give --repository (start a server) or --url")
+        raise UserError("give --repository (start a server) or --url")
     if args.url and not (args.repository or args.reference_repository):
-        raise SystemExit("soak: with --url, give --reference-repository for the answers")
+        raise UserError("with --url, give --reference-repository for the answers")
     if args.server_log is None:
         args.server_log = Path(tempfile.mkstemp(prefix="imgzoo-soak-", suffix=".log")[1])
     report = asyncio.run(run(args))
@@ -564,7 +566,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m service.bench.soak", description=__doc__.split("\n\n")[0]
     )
     configure(parser)
-    return command(parser.parse_args(argv))
+    try:
+        return command(parser.parse_args(argv))
+    except UserError as exc:
+        print(f"soak: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

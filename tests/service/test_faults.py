@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -302,6 +303,7 @@ def test_an_inference_error_fails_only_its_own_batch(
         statuses = _samples(client, "imgzoo_requests_total")
     assert after_image.status_code == 200  # the next batch runs
     assert counters["failed_batches"] - before["failed_batches"] == 1
+    assert counters["in_flight_requests"] == 0  # failed requests gave their place back
     assert statuses[(("dataset", "gray"), ("model", "tiny"), ("status", "500"))] >= len(failed)
 
 
@@ -337,6 +339,7 @@ def test_a_model_slower_than_its_deadline_gives_504_then_recovers(
         counters = client.get("/models/gray/slow").json()["versions"][0]["counters"]
         statuses = _samples(client, "imgzoo_requests_total")
     assert counters["failed_requests"] >= len(slow)
+    assert counters["in_flight_requests"] == 0  # so did the ones past their deadline
     assert statuses[(("dataset", "gray"), ("model", "slow"), ("status", "504"))] == len(slow)
 
 
@@ -430,3 +433,58 @@ def test_the_repository_vanishing_while_a_new_version_loads_changes_nothing(
         report = client.post("/admin/reload", headers=AUTH).json()
         assert report["added"] == ["gray/tiny/2"]
         assert _served(client) == {"gray/tiny": [1, 2]}
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_overload_is_refused_before_the_body_is_read(
+    model_repository: Repository, tmp_path: Path, sample_images: list[bytes]
+) -> None:
+    """With `max_queue_size + max_batch_size x sessions` requests in flight, the next one gets
+    503 `queue_full` at once, from its headers alone, and its place comes back afterwards."""
+    copy_version(tmp_path, model_repository.gray)
+    controls = FaultControls()
+
+    def factory(model: bytes, spec: SessionSpec) -> Session:
+        return FaultySession(create_ort_session(model, spec), controls)
+
+    with serve(
+        tmp_path,
+        session_factory=factory,
+        max_batch_size=1,
+        max_queue_size=1,
+        max_queue_delay_ms=0,
+        warmup=False,
+    ) as live:
+        controls.delay_s = 1.0  # two requests fill the version: one running, one queued
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            busy = [pool.submit(_post_all, live, "/predict/gray/tiny", [image])
+                    for image in sample_images[:2]]  # fmt: skip
+            with live.client() as client:
+                deadline = time.monotonic() + 10
+                while (
+                    client.get("/models/gray/tiny").json()["versions"][0]["counters"][
+                        "in_flight_requests"
+                    ]
+                    < 2
+                ):
+                    assert time.monotonic() < deadline, "the two requests never got in flight"
+                    time.sleep(0.02)
+            # Headers announcing a body that never comes: only an early refusal answers this.
+            with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /predict/gray/tiny HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: image/png\r\nContent-Length: 50000\r\n\r\n"
+                )
+                reply = sock.recv(65536).decode("latin-1")
+            answered = [future.result()[0] for future in busy]
+        controls.delay_s = 0.0
+        with live.client() as client:
+            after = client.post("/predict/gray/tiny", content=sample_images[2], headers=PNG)
+            counters = client.get("/models/gray/tiny").json()["versions"][0]["counters"]
+    assert reply.startswith("HTTP/1.1 503"), reply
+    assert '"code":"queue_full"' in reply and "retry-after: " in reply.lower()
+    assert [r.status_code for r in answered] == [200, 200]
+    assert after.status_code == 200
+    assert counters["in_flight_requests"] == 0 and counters["rejected_images"] == 1
