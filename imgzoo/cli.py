@@ -32,8 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgzoo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for part in _PARTS:
-        import_module(part).register(subparsers)
+    modules = [import_module(part) for part in _PARTS]
+    for module in modules:
+        module.register(subparsers)
+    # `imgzoo bench KIND`: each part may contribute benchmark kinds (train, soak, ...).
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks that print figures",
+        description=(
+            "Benchmarks that print figures (docs/ records them with the machine and versions)."
+        ),
+    )
+    kinds = bench.add_subparsers(dest="bench", metavar="KIND", required=True)
+    for module in modules:
+        if hasattr(module, "register_bench"):
+            module.register_bench(kinds)
     return parser
 
 

@@ -154,3 +154,16 @@ def serve(args: argparse.Namespace) -> int:
     server.run()
     # As `uvicorn.run`: a start-up that failed (logged by uvicorn) exits non-zero.
     return 0 if server.started else _STARTUP_FAILURE
+
+
+def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
+    """Add `imgzoo bench soak` (docs/reliability.md)."""
+    from service.bench import soak  # stdlib, numpy and orjson only: cheap to import
+
+    parser = kinds.add_parser(
+        "soak",
+        help="overload a real server for minutes and count how every request ends",
+        description=(soak.__doc__ or "").split("\n\n")[0],
+    )
+    soak.configure(parser)
+    parser.set_defaults(func=soak.command)

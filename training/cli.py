@@ -20,7 +20,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     _register_train(subparsers)
     _register_recipes(subparsers)
     _register_evaluate(subparsers)
-    _register_bench(subparsers)
 
 
 # --- imgzoo train --------------------------------------------------------------------------
@@ -403,9 +402,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 # --- imgzoo bench train ----------------------------------------------------------------------
 
 
-def _register_bench(subparsers: argparse._SubParsersAction[Any]) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks", description="Benchmarks.")
-    kinds = p.add_subparsers(dest="bench", metavar="KIND", required=True)
+def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
+    """Add `imgzoo bench train`."""
     t = kinds.add_parser(
         "train",
         help="training throughput (images/s) per model",
