@@ -217,3 +217,16 @@ def test_a_real_browser_classifies_an_upload_like_the_api(
     with Image.open(screenshot) as shot:
         assert shot.format == "PNG" and shot.width >= 1000 and shot.height >= 800
         assert len(shot.convert("L").getcolors(1 << 16) or []) > 50  # not a blank page
+
+
+def test_the_key_field_stays_hidden_when_the_service_needs_no_key(
+    server: LiveServer, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    browser.get(f"{server.url}/")
+    WebDriverWait(browser, 60, poll_frequency=0.05).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true"
+    )
+    assert not browser.find_element(By.ID, "auth").is_displayed()
