@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,12 @@ def train_and_export(args: argparse.Namespace) -> None:
 
     recipe = get_recipe(DEMO_RECIPE)
     print(f"[1/3] training {DEMO_RECIPE} on the embedded demo data set ({recipe.epochs} epochs)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     result = train(
-        recipe, data_root=None, out_dir=args.runs / DEMO_RECIPE, progress=not args.no_progress
+        recipe,
+        data_root=None,
+        out_dir=args.runs / f"{DEMO_RECIPE}-{stamp}",
+        progress=not args.no_progress,
     )
     test = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.2%}"
     print(
