@@ -163,7 +163,7 @@ class DataPlane:
             entry.counters.requests += 1
             try:
                 decode_start = perf_counter()
-                arrays = await self._decode_all(entry, images)
+                arrays = await self.decode_all(entry, images)
                 decode_s = perf_counter() - decode_start
                 rows = await entry.batcher.infer(arrays)
             except BaseException:
@@ -214,9 +214,10 @@ class DataPlane:
                 entry.counters.failed += 1
                 raise
 
-    async def _decode_all(
+    async def decode_all(
         self, entry: ModelVersion, images: Sequence[bytes]
     ) -> list[npt.NDArray[np.uint8]]:
+        """Decode encoded images for `entry` in the decoder threads (used by /predict and /v2)."""
         loop = asyncio.get_running_loop()
         spec = entry.manifest.input
         jobs = [

@@ -96,7 +96,7 @@ async def run(
         arrays: Sequence[npt.NDArray[np.uint8]] = list(images.pixels)
     else:
         # The /predict decoding path: its thread pool, limits, conversion and resizing.
-        arrays = await plane._decode_all(entry, images.encoded or [])
+        arrays = await plane.decode_all(entry, images.encoded or [])
     decode_s = perf_counter() - decode_start
     entry, rows = await plane.infer(entry, arrays)
     logits = np.stack([row.logits for row in rows]).astype(np.float32, copy=False)
