@@ -14,6 +14,7 @@ service before a version is loaded. Torch-free on purpose: the serving install r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -225,15 +226,25 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_files(version_dir: Path, manifest: Manifest) -> None:
-    """Check every file the manifest lists exists with its recorded size and sha256."""
+def verify_files(
+    version_dir: Path, manifest: Manifest, *, loaded: Mapping[str, bytes] | None = None
+) -> None:
+    """Check every file the manifest lists exists with its recorded size and sha256.
+
+    `loaded` holds files the caller has already read into memory (the service's model.onnx):
+    those bytes are checked instead of the file, so what is verified is what gets used and
+    nothing is read or hashed twice.
+    """
+    loaded = loaded or {}
     for filename, expected in manifest.sha256.items():
         path = version_dir / filename
-        if not path.is_file():
+        data = loaded.get(filename)
+        if data is None and not path.is_file():
             raise ManifestError(f"{path}: listed in the manifest but missing")
-        size = path.stat().st_size
-        if size != manifest.metrics.file_sizes[filename]:
-            recorded = manifest.metrics.file_sizes[filename]
+        size = len(data) if data is not None else path.stat().st_size
+        recorded = manifest.metrics.file_sizes[filename]
+        if size != recorded:
             raise ManifestError(f"{path}: size {size} differs from the manifest's {recorded}")
-        if sha256_file(path) != expected:
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+        if digest != expected:
             raise ManifestError(f"{path}: sha256 differs from the manifest")

@@ -574,11 +574,12 @@ class ModelRegistry:
     def _load_version(self, candidate: _Candidate, selector: ProviderSelector) -> ModelVersion:
         """Validate, create the sessions and warm up one version (blocking)."""
         manifest = load_manifest(candidate.path)
-        verify_files(candidate.path, manifest)
-        model_bytes = (candidate.path / ONNX_FILENAME).read_bytes()
-        # Hash what is really loaded, so a file swapped after verify_files cannot slip in.
-        if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256[ONNX_FILENAME]:
-            raise UserError(f"{ONNX_FILENAME}: changed while it was being loaded")
+        # Verify the bytes that are really loaded: one read, and a file swapped after the
+        # check cannot slip in. A missing file is reported by verify_files.
+        onnx_path = candidate.path / ONNX_FILENAME
+        loaded = {ONNX_FILENAME: onnx_path.read_bytes()} if onnx_path.is_file() else {}
+        verify_files(candidate.path, manifest, loaded=loaded)
+        model_bytes = loaded[ONNX_FILENAME]  # the schema requires model.onnx in sha256
         batching = BatchingConfig.resolve(self.settings, candidate.config)
         name = f"{candidate.dataset}/{candidate.model}/{candidate.version}"
         spec = SessionSpec(
