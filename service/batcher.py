@@ -1,8 +1,15 @@
 """Dynamic batching: images queue per model version, workers run them as batches.
 
-One worker per session of the pool takes the first waiting image, then whatever else is queued
-up to `max_batch_size`, waiting at most `max_queue_delay` for more, stacks the rows into one
-uint8 array and runs it off the event loop. Each caller's future gets its own row of logits.
+One worker per session of the pool takes the first waiting image and everything else already
+queued, up to `max_batch_size`, stacks the rows into one uint8 array and runs it off the event
+loop. Each caller's future gets its own row of logits.
+
+A worker never waits when nothing else is on its way: an idle session runs a lone image at once,
+and batches form from what queued while the sessions were busy. It waits (at most
+`max_queue_delay`) only while images it was told about are still arriving — requests admitted
+whose bodies are being read or decoded (`Batcher.arriving`) — so a burst of concurrent requests
+fills one batch instead of several small ones, and a single client pays no window. The policy
+keeps no learned state, so the latency after a burst is the latency before it.
 
 The queue is bounded (`QueueFull`, 503 with Retry-After); every image has a deadline
 (`DeadlineExceeded`, 504): an image whose deadline passed before its batch started is dropped
@@ -15,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +59,20 @@ class _Item:
     future: asyncio.Future[RowResult]
     enqueued: float
     deadline: float
+
+
+class Arrival:
+    """A request on its way to the queue (see `Batcher.arriving`); `done` is idempotent."""
+
+    __slots__ = ("_batcher",)
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
+
+    def done(self) -> None:
+        if self._batcher is not None:
+            self._batcher._arrival_ended()
+            self._batcher = None
 
 
 @dataclass
@@ -92,6 +113,9 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._running_batches = 0
+        self._arriving = 0
+        # Set by a worker waiting for arrivals; resolved when the last one ends unsubmitted.
+        self._wake: asyncio.Future[None] | None = None
         self._closing = False
         self.stats = BatcherStats()
 
@@ -106,6 +130,31 @@ class Batcher:
     def busy_workers(self) -> int:
         return self._running_batches
 
+    @property
+    def arriving_requests(self) -> int:
+        """Requests announced by `arriving` whose images are not queued yet."""
+        return self._arriving
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Announce a request whose images will be submitted soon (body read, decode).
+
+        While any is announced, a worker holding a partial batch waits up to `max_queue_delay`
+        for them. Pass the `Arrival` to `submit` / `infer`, which ends it as the images queue;
+        leaving the block ends it in any case (an error, a disconnect).
+        """
+        arrival = Arrival(self)
+        self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            arrival.done()
+
+    def _arrival_ended(self) -> None:
+        self._arriving -= 1
+        if self._arriving == 0 and self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
     def start(self) -> None:
         """Start the workers on the running loop."""
         if self._tasks:
@@ -115,8 +164,12 @@ class Batcher:
             for i in range(self._workers_wanted)
         ]
 
-    def submit(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[asyncio.Future[RowResult]]:
+    def submit(
+        self, images: Sequence[npt.NDArray[np.uint8]], arrival: Arrival | None = None
+    ) -> list[asyncio.Future[RowResult]]:
         """Queue images (each H, W, C uint8), all or none; each future resolves with its row."""
+        if arrival is not None:
+            arrival.done()  # in the same step as the images queue: no worker sees neither
         if self._closing:
             raise ShuttingDown("the service is shutting down")
         if self._queue.qsize() + len(images) > self.max_queue_size:
@@ -146,9 +199,11 @@ class Batcher:
         batches = self._queue.qsize() / self.max_batch_size / max(1, self._workers_wanted)
         return max(1, math.ceil(batches * per_batch))
 
-    async def infer(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[RowResult]:
+    async def infer(
+        self, images: Sequence[npt.NDArray[np.uint8]], arrival: Arrival | None = None
+    ) -> list[RowResult]:
         """Queue images and wait for their rows, at most until their common deadline."""
-        futures = self.submit(images)
+        futures = self.submit(images, arrival)
         try:
             return await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
         except TimeoutError:
@@ -190,24 +245,51 @@ class Batcher:
     # ------------------------------------------------------------------ worker
 
     async def _collect(self) -> list[_Item]:
-        """The next batch: the first image, then what queued within the delay."""
+        """The next batch: the first image, what is queued, and what arrives within the delay."""
         batch = [await self._queue.get()]
+        self._take_queued(batch)
+        if self.max_queue_delay_s <= 0 or len(batch) >= self.max_batch_size:
+            return batch
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_queue_delay_s
-        while len(batch) < self.max_batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
+        # Wait only for images that are known to be on their way; nobody else is coming.
+        while len(batch) < self.max_batch_size and self._arriving > 0:
             remaining = until - loop.time()
             if remaining <= 0:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
+            item = await self._next_arrival(loop, remaining)
+            if item is None:
                 break
+            batch.append(item)
+            self._take_queued(batch)
         return batch
+
+    async def _next_arrival(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Item | None:
+        """The next queued image, or None at the timeout or once no arrival is announced."""
+        self._wake = loop.create_future()
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            await asyncio.wait(
+                (getter, self._wake), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except BaseException:  # the worker is cancelled: the getter must not outlive it
+            getter.cancel()
+            raise
+        finally:
+            self._wake = None
+        if getter.done():
+            return getter.result()
+        getter.cancel()  # an image it was about to take stays in the queue
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        return getter.result() if not getter.cancelled() else None
+
+    def _take_queued(self, batch: list[_Item]) -> None:
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import RowResult
+from service.batcher import Arrival, RowResult
 from service.errors import ServiceError, ShuttingDown
 from service.imaging import DecodeLimits, decode_image
 from service.metrics import UNKNOWN, ServiceMetrics
@@ -125,20 +125,25 @@ class DataPlane:
         return self.registry.resolve(dataset, model, version)
 
     @contextmanager
-    def admit(self, entry: ModelVersion) -> Iterator[None]:
+    def admit(self, entry: ModelVersion) -> Iterator[Arrival]:
         """Hold a place for one request on `entry` from before its body is read to its answer.
 
         When the version already has as many requests in flight as its queue and its running
         batches hold (`max_queue_size + max_batch_size x sessions`), the request is refused at
         once with 503 `queue_full`: under overload, bodies waiting to be read and decoded are
         bounded like the queue, instead of piling up in front of it.
+
+        The admitted request is announced to the version's batcher as arriving (the `Arrival`
+        this yields, handed on to `predict` / `infer`), so a partial batch waits for it
+        rather than leaving without it.
         """
         batching = entry.batching
         if entry.in_flight >= batching.max_queue_size + batching.max_batch_size * batching.sessions:
             raise entry.batcher.refuse(1)
         entry.in_flight += 1
         try:
-            yield
+            with entry.batcher.arriving() as arrival:
+                yield arrival
         finally:
             entry.in_flight -= 1
 
@@ -150,6 +155,7 @@ class DataPlane:
         top_k: int | None,
         request_id: str,
         started: float,
+        arrival: Arrival | None = None,
     ) -> PredictResult:
         """Decode, batch, run and rank `images` with one loaded model version.
 
@@ -157,7 +163,11 @@ class DataPlane:
         this request has its answer; a version retired since it was resolved is swapped
         for its replacement (`ModelRegistry.current`).
         """
-        entry = self.registry.current(entry)
+        current = self.registry.current(entry)
+        if current is not entry and arrival is not None:
+            arrival.done()  # announced to the retired version's batcher, not to this one
+            arrival = None
+        entry = current
         with entry.lease():
             k = min(top_k or self.settings.default_top_k, entry.manifest.num_classes)
             entry.counters.requests += 1
@@ -165,7 +175,7 @@ class DataPlane:
                 decode_start = perf_counter()
                 arrays = await self.decode_all(entry, images)
                 decode_s = perf_counter() - decode_start
-                rows = await entry.batcher.infer(arrays)
+                rows = await entry.batcher.infer(arrays, arrival)
             except BaseException:
                 entry.counters.failed += 1
                 raise
@@ -198,18 +208,25 @@ class DataPlane:
         return PredictResult(body, stages)
 
     async def infer(
-        self, entry: ModelVersion, arrays: Sequence[npt.NDArray[np.uint8]]
+        self,
+        entry: ModelVersion,
+        arrays: Sequence[npt.NDArray[np.uint8]],
+        arrival: Arrival | None = None,
     ) -> tuple[ModelVersion, list[RowResult]]:
         """Run already-decoded images (each H, W, C uint8) through a version's batcher.
 
         Leased like `predict`, so a hot reload never closes the batcher under the request;
         returns the version that really ran them (the replacement when `entry` was retired).
         """
-        entry = self.registry.current(entry)
+        current = self.registry.current(entry)
+        if current is not entry and arrival is not None:
+            arrival.done()
+            arrival = None
+        entry = current
         with entry.lease():
             entry.counters.requests += 1
             try:
-                return entry, await entry.batcher.infer(arrays)
+                return entry, await entry.batcher.infer(arrays, arrival)
             except BaseException:
                 entry.counters.failed += 1
                 raise

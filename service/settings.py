@@ -102,7 +102,8 @@ class Settings(BaseSettings):
         default=2.0,
         ge=0,
         le=10_000,
-        description="Longest a batch waits for more images once it has one (milliseconds).",
+        description="Longest a partial batch waits for images of requests already admitted "
+        "and still being read or decoded (milliseconds); with none on their way it runs at once.",
     )
     max_queue_size: int = Field(
         default=256,

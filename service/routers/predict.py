@@ -81,7 +81,7 @@ async def predict(
     """Top-k labels of each image, best first, with per-stage latency."""
     with plane.track(dataset, model) as outcome:
         entry = plane.resolve(dataset, model, version)
-        with plane.admit(entry):
+        with plane.admit(entry) as arrival:
             images = await read_images(request, plane.upload_limits)
             result = await plane.predict(
                 entry,
@@ -89,6 +89,7 @@ async def predict(
                 top_k=top_k,
                 request_id=request_id(request),
                 started=request_started(request),
+                arrival=arrival,
             )
         outcome.stages = result.stages
     record_stages(request, result.stages)

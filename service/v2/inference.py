@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imgzoo.manifest import OUTPUT_NAME
+from service.batcher import Arrival
 from service.dataplane import DataPlane
 from service.errors import BadRequest
 from service.registry import ModelVersion
@@ -84,6 +85,7 @@ async def run(
     outputs: Sequence[OutputRequest],
     *,
     started: float,
+    arrival: Arrival | None = None,
 ) -> InferenceResult:
     """Queue the images on the version's batcher and shape its logits into `outputs`.
 
@@ -98,7 +100,7 @@ async def run(
         # The /predict decoding path: its thread pool, limits, conversion and resizing.
         arrays = await plane.decode_all(entry, images.encoded or [])
     decode_s = perf_counter() - decode_start
-    entry, rows = await plane.infer(entry, arrays)
+    entry, rows = await plane.infer(entry, arrays, arrival)
     logits = np.stack([row.logits for row in rows]).astype(np.float32, copy=False)
     labels = entry.manifest.labels
     tensors = [_output(logits, labels, wanted) for wanted in outputs]

@@ -213,7 +213,7 @@ async def _infer(
     with plane.track(dataset, model) as outcome:
         entry = _lookup(plane.registry, name, version_text)
         entry = plane.resolve(entry.dataset, entry.model, entry.version)  # ready, or 503
-        with plane.admit(entry):
+        with plane.admit(entry) as arrival:
             body = await read_body(request, settings.max_upload_bytes)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             inference = parse_request(header)
@@ -224,7 +224,9 @@ async def _infer(
                 entry.manifest.input,
                 settings.max_images_per_request,
             )
-            result = await run(plane, entry, images, outputs, started=request_started(request))
+            result = await run(
+                plane, entry, images, outputs, started=request_started(request), arrival=arrival
+            )
         outcome.stages = result.stages
     record_stages(request, result.stages)
     answer: dict[str, Any] = {"model_name": name, "model_version": str(result.entry.version)}

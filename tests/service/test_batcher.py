@@ -161,3 +161,73 @@ def test_several_workers_run_batches_in_parallel() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_lone_image_never_waits_for_the_batching_window() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        # A window of 2 s: waiting for it would show in queue_s.
+        batcher = _batcher(model, max_queue_delay_s=2.0)
+        batcher.start()
+        for _ in range(3):
+            (row,) = await batcher.infer([_image(7)])
+            assert row.batch_size == 1
+            assert row.queue_s < 0.2, row
+        await batcher.close()
+        assert model.batches == [1, 1, 1]
+
+    asyncio.run(main())
+
+
+def test_a_partial_batch_waits_for_announced_arrivals_only() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = _batcher(model, max_queue_delay_s=2.0, max_batch_size=8)
+        batcher.start()
+        with batcher.arriving() as late:
+            first = asyncio.ensure_future(batcher.infer([_image(1)]))
+            await asyncio.sleep(0.1)  # the worker holds [1] and waits: `late` is announced
+            assert model.batches == []
+            assert batcher.arriving_requests == 1
+            rows = await batcher.infer([_image(2), _image(3)], late)
+            assert batcher.arriving_requests == 0
+        (row,) = await first
+        assert model.batches == [3]
+        assert [r.batch_size for r in [row, *rows]] == [3, 3, 3]
+        assert [float(r.logits[0]) for r in [row, *rows]] == [1.0, 2.0, 3.0]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_an_arrival_that_never_submits_releases_the_wait() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = _batcher(model, max_queue_delay_s=0.3)
+        batcher.start()
+        with batcher.arriving():
+            pending = asyncio.ensure_future(batcher.infer([_image(5)]))
+            await asyncio.sleep(0.05)
+        # The announced request failed before submitting (bad body): nothing to wait for.
+        assert batcher.arriving_requests == 0
+        (row,) = await pending
+        assert row.batch_size == 1
+        assert row.queue_s < 0.3
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_batches_form_from_what_queued_while_the_session_was_busy() -> None:
+    async def main() -> None:
+        model = FakeModel(delay=0.1)
+        batcher = _batcher(model, max_queue_delay_s=0.0, max_batch_size=8)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.infer([_image(0)]))
+        await asyncio.sleep(0.02)  # the first batch runs alone
+        rest = [asyncio.ensure_future(batcher.infer([_image(i)])) for i in range(1, 6)]
+        await asyncio.gather(first, *rest)
+        assert model.batches == [1, 5]
+        await batcher.close()
+
+    asyncio.run(main())
