@@ -205,7 +205,11 @@ class Batcher:
         """Queue images and wait for their rows, at most until their common deadline."""
         futures = self.submit(images, arrival)
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+            # asyncio.timeout, not wait_for: no extra task per request on the hot path.
+            async with asyncio.timeout(self.timeout_s):
+                if len(futures) == 1:
+                    return [await futures[0]]
+                return list(await asyncio.gather(*futures))
         except TimeoutError:
             self.stats.expired += sum(1 for f in futures if f.cancelled())
             raise DeadlineExceeded(

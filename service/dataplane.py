@@ -237,6 +237,12 @@ class DataPlane:
         """Decode encoded images for `entry` in the decoder threads (used by /predict and /v2)."""
         loop = asyncio.get_running_loop()
         spec = entry.manifest.input
+        if len(images) == 1:  # the common case, without a gather around one job
+            return [
+                await loop.run_in_executor(
+                    self._decoder, decode_image, images[0], spec, self.limits
+                )
+            ]
         jobs = [
             loop.run_in_executor(self._decoder, decode_image, data, spec, self.limits)
             for data in images

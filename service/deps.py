@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the app's `Service` parts, typed, for the routers."""
+"""FastAPI dependencies: the app's `Service` parts, typed, for the routers.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool, a
+thread hop on every request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service = request.app.state.service
     if not isinstance(service, Service):  # pragma: no cover - wiring bug
         raise RuntimeError("the app has no imgzoo Service")
@@ -23,19 +27,19 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def get_dataplane(service: ServiceDep) -> DataPlane:
+async def get_dataplane(service: ServiceDep) -> DataPlane:
     return service.dataplane
 
 
-def get_registry(service: ServiceDep) -> ModelRegistry:
+async def get_registry(service: ServiceDep) -> ModelRegistry:
     return service.registry
 
 
-def get_metrics(service: ServiceDep) -> ServiceMetrics:
+async def get_metrics(service: ServiceDep) -> ServiceMetrics:
     return service.metrics
 
 
-def get_settings(service: ServiceDep) -> Settings:
+async def get_settings(service: ServiceDep) -> Settings:
     return service.settings
 
 

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -56,6 +58,10 @@ def _server_timing(stages: Mapping[str, float], total: float) -> bytes:
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Ids are a random per-process prefix and a counter: unique like uuid4 (32 hex digits)
+        # without a getrandom() call per request.
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +69,10 @@ class RequestContextMiddleware:
             return
         started = perf_counter()
         incoming = _header(scope, b"x-request-id")
-        rid = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        if incoming and _REQUEST_ID.match(incoming):
+            rid = incoming
+        else:
+            rid = f"{self._id_prefix}{next(self._id_counter):016x}"
         state: dict[str, Any] = scope.setdefault("state", {})
         state[_STATE_ID] = rid
         state[_STATE_STARTED] = started

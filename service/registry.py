@@ -55,6 +55,8 @@ from service.runtime import (
     SessionFactory,
     SessionPool,
     SessionSpec,
+    auto_sessions,
+    available_cpus,
     check_signature,
     create_ort_session,
     create_pool,
@@ -580,7 +582,9 @@ class ModelRegistry:
         loaded = {ONNX_FILENAME: onnx_path.read_bytes()} if onnx_path.is_file() else {}
         verify_files(candidate.path, manifest, loaded=loaded)
         model_bytes = loaded[ONNX_FILENAME]  # the schema requires model.onnx in sha256
-        batching = BatchingConfig.resolve(self.settings, candidate.config)
+        batching = BatchingConfig.resolve(
+            self.settings, candidate.config, auto_sessions(selector.plan)
+        )
         name = f"{candidate.dataset}/{candidate.model}/{candidate.version}"
         spec = SessionSpec(
             providers=selector.plan.providers,
@@ -594,6 +598,7 @@ class ModelRegistry:
             selector=selector,
             name=name,
             factory=self._session_factory,
+            solo_threads=available_cpus() if self.settings.solo_session else 0,
         )
         try:
             for session in pool.sessions:

@@ -11,9 +11,10 @@ import logging
 import math
 import os
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Protocol
@@ -239,32 +240,56 @@ def check_signature(session: Session, spec: InputSpec, num_classes: int) -> None
 
 
 class SessionPool:
-    """N sessions of one model; each batch runs on a free one in the pool's own threads."""
+    """N sessions of one model; each batch runs on a free one in the pool's own threads.
 
-    def __init__(self, sessions: Sequence[Session], provider: str, name: str) -> None:
+    With a `solo` session (one that uses every CPU), a batch that starts while no other batch
+    runs takes it, so a lone request is not limited to one core; batches running side by side
+    use the `sessions`, one core each, which is where a CPU gets the most images per second.
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[Session],
+        provider: str,
+        name: str,
+        solo: Session | None = None,
+    ) -> None:
         if not sessions:
             raise ValueError("a session pool needs at least one session")
         self.provider = provider
         self.size = len(sessions)
         self._sessions = list(sessions)
+        self._solo = solo
         self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
         for session in sessions:
             self._free.put(session)
+        self._lock = threading.Lock()
+        self._running = 0
+        self.solo_batches = 0
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=f"ort-{name}")
 
     @property
     def sessions(self) -> tuple[Session, ...]:
-        return tuple(self._sessions)
+        """Every session, the solo one last."""
+        return (*self._sessions, *([self._solo] if self._solo is not None else []))
 
     def run_sync(self, batch: UInt8Batch) -> tuple[Logits, float]:
         """Run one batch on a free session (blocking); returns logits and seconds spent."""
-        session = self._free.get()
+        with self._lock:
+            solo = self._solo if self._running == 0 else None
+            self._running += 1
+            if solo is not None:
+                self.solo_batches += 1
+        session = solo if solo is not None else self._free.get()
         try:
             start = perf_counter()
             logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
             elapsed = perf_counter() - start
         finally:
-            self._free.put(session)
+            if solo is None:
+                self._free.put(session)
+            with self._lock:
+                self._running -= 1
         return np.asarray(logits, dtype=np.float32), elapsed
 
     async def run(self, batch: UInt8Batch) -> tuple[Logits, float]:
@@ -274,7 +299,7 @@ class SessionPool:
 
     def warm_up(self, spec: InputSpec, batch_sizes: Sequence[int], num_classes: int) -> None:
         """Run every batch size on every session once, checking the output shape (blocking)."""
-        for session in self._sessions:
+        for session in self.sessions:
             for size in sorted(set(batch_sizes)):
                 batch = np.zeros((size, spec.height, spec.width, spec.channels), dtype=np.uint8)
                 logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
@@ -297,8 +322,22 @@ def create_pool(
     selector: ProviderSelector,
     name: str,
     factory: SessionFactory = create_ort_session,
+    solo_threads: int = 0,
 ) -> SessionPool:
-    """Create `count` sessions of one model (blocking) and check what they run on."""
+    """Create `count` sessions of one model (blocking) and check what they run on.
+
+    `solo_threads` > `spec.intra_op_threads` adds a solo session with that many threads (see
+    `SessionPool`), only where the sessions run on the CPU.
+    """
     sessions = [factory(model, spec) for _ in range(count)]
     providers = {selector.confirm(s.get_providers()) for s in sessions}
-    return SessionPool(sessions, provider=sorted(providers)[0], name=name)
+    provider = sorted(providers)[0]
+    solo = None
+    if provider == CPU and solo_threads > spec.intra_op_threads:
+        solo = factory(model, replace(spec, intra_op_threads=solo_threads))
+    return SessionPool(sessions, provider=provider, name=name, solo=solo)
+
+
+def auto_sessions(plan: ProviderPlan) -> int:
+    """Sessions per model when the setting is 0: one per available CPU on the CPU, else one."""
+    return available_cpus() if plan.providers[0] == CPU else 1

@@ -73,7 +73,22 @@ class Settings(BaseSettings):
         ),
     )
     sessions: int = Field(
-        default=1, ge=1, le=64, description="ONNX Runtime sessions (parallel batches) per model."
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "ONNX Runtime sessions (parallel batches) per model; 0 = one per available CPU on "
+            "the CPU provider (single-threaded sessions scale better than one wide session), "
+            "one on a GPU."
+        ),
+    )
+    solo_session: bool = Field(
+        default=True,
+        description=(
+            "On the CPU provider, one more session that uses every available CPU, for a batch "
+            "that runs while no other does: a lone request gets all cores, parallel batches one "
+            "core each. Ignored when a session already has all the CPUs."
+        ),
     )
     intra_op_threads: int = Field(
         default=0,
@@ -244,12 +259,15 @@ class BatchingConfig(BaseModel):
     timeout_ms: float
 
     @classmethod
-    def resolve(cls, settings: Settings, override: ModelConfig) -> BatchingConfig:
+    def resolve(
+        cls, settings: Settings, override: ModelConfig, auto_sessions: int = 1
+    ) -> BatchingConfig:
+        """Overlay `override` on `settings`; `sessions` 0 (auto) becomes `auto_sessions`."""
         return cls(
             max_batch_size=_pick(override.max_batch_size, settings.max_batch_size),
             max_queue_delay_ms=_pick(override.max_queue_delay_ms, settings.max_queue_delay_ms),
             max_queue_size=_pick(override.max_queue_size, settings.max_queue_size),
-            sessions=_pick(override.sessions, settings.sessions),
+            sessions=_pick(override.sessions, settings.sessions) or max(1, auto_sessions),
             timeout_ms=_pick(override.timeout_ms, settings.request_timeout_ms),
         )
 

@@ -455,6 +455,7 @@ def test_overload_is_refused_before_the_body_is_read(
         max_batch_size=1,
         max_queue_size=1,
         max_queue_delay_ms=0,
+        sessions=1,
         warmup=False,
     ) as live:
         controls.delay_s = 2.0  # two requests fill the version: one running, one queued

@@ -26,7 +26,9 @@ from tests.service.conftest import Repository, assert_matches, offline_probabili
 PNG = {"content-type": "image/png"}
 GRACE_S = 6.0
 DELAY_S = 1.0
-QUEUE_DELAY_MS = 1500  # the in-flight requests wait this long in the batcher for more images
+# The in-flight requests wait this long in the batcher for the holding request's image, which
+# was admitted and so is announced as arriving (a batch never waits when nothing is on its way).
+QUEUE_DELAY_MS = 1500
 
 
 def _free_port() -> int:
@@ -55,6 +57,7 @@ def process(
     command = [
         sys.executable, "-m", "imgzoo", "serve", "--repository", str(repository),
         "--port", str(port), "--providers", "cpu", "--threads", "1", "--decode-threads", "1",
+        "--sessions", "1",
         "--max-batch-size", "8", "--max-queue-delay-ms", str(QUEUE_DELAY_MS),
         "--graceful-shutdown-s", str(GRACE_S), "--shutdown-delay-s", str(DELAY_S),
     ]  # fmt: skip
@@ -93,11 +96,22 @@ def test_sigterm_drains_in_flight_requests_and_exits_within_the_grace_period(
             f"{url}/predict/gray/tiny", content=images[index], headers=PNG, timeout=30
         )
 
+    # A request admitted and still sending its body is announced to the batcher as arriving,
+    # so the three requests below wait in their batch for it (a batch never waits for nobody).
+    holder = socket.create_connection(("127.0.0.1", port), timeout=30)
+    holder.sendall(
+        b"POST /predict/gray/tiny HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {len(images[0])}\r\n\r\n".encode()
+        + images[0][:100]
+    )
+    deadline = time.monotonic() + 10
+    while _gauge(url, "imgzoo_inflight_requests") < 1:
+        assert time.monotonic() < deadline, "the holding request was never admitted"
+        time.sleep(0.02)
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(images))]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 10
-    while _gauge(url, "imgzoo_inflight_requests") < len(images):
+    while _gauge(url, "imgzoo_inflight_requests") < len(images) + 1:
         assert time.monotonic() < deadline, "the requests never got in flight"
         time.sleep(0.02)
     # A client that sends half its body and then nothing: only the grace period ends it.
@@ -123,6 +137,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_within_the_grace_period(
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["connection"] == "close"
 
+    # The holding request finishes its body after the batch window and is answered alone.
+    time.sleep(max(0.0, signalled + QUEUE_DELAY_MS / 1000 + 0.3 - time.monotonic()))
+    holder.sendall(images[0][100:])
+    held = holder.recv(65536).decode("latin-1")
+    holder.close()
+    assert held.startswith("HTTP/1.1 200"), held
+
     # The requests that were in flight finish, each with its own image's answer.
     for thread in threads:
         thread.join(timeout=30)
@@ -145,4 +166,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_within_the_grace_period(
     assert elapsed <= GRACE_S, f"exited {elapsed:.2f} s after SIGTERM; grace {GRACE_S} s\n{output}"
     assert "shutting down: not ready, refusing new requests" in output
     assert "Application shutdown complete" in output
-    assert "Traceback" not in output
+    # The stalled client is the one task uvicorn cancels at the end of the grace period (it logs
+    # that cancellation with a traceback); nothing else may fail.
+    cancelled = "CancelledError: Task cancelled, timeout graceful shutdown exceeded"
+    assert output.count("Traceback") == output.count(cancelled) <= 1, output
