@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +18,15 @@ from imgzoo.errors import UserError
 from service.dataplane import softmax, top_k_predictions
 from service.registry import warmup_batch_sizes
 from service.runtime import (
+    ProviderSelector,
     ProviderUnavailableError,
+    Session,
+    SessionPool,
+    SessionSpec,
+    auto_sessions,
+    available_cpus,
     cgroup_cpu_limit,
+    create_pool,
     plan_providers,
     threads_per_session,
 )
@@ -129,3 +140,82 @@ def test_serving_code_never_imports_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == ""
+
+
+class _RecordingSession:
+    """Records which session ran each batch; `gate` holds a run until released."""
+
+    def __init__(self, name: str, log: list[str], gate: threading.Event | None = None) -> None:
+        self.name, self.log, self.gate = name, log, gate
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+        self.log.append(self.name)
+        if self.gate is not None:
+            assert self.gate.wait(5)
+        batch = input_feed["image"]
+        return [np.zeros((len(batch), 3), dtype=np.float32)]
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def get_inputs(self) -> list[Any]:
+        return []
+
+    def get_outputs(self) -> list[Any]:
+        return []
+
+
+def test_a_lone_batch_runs_on_the_solo_session_and_parallel_ones_on_the_others() -> None:
+    log: list[str] = []
+    gate = threading.Event()
+    narrow = [_RecordingSession(f"narrow{i}", log, gate) for i in range(2)]
+    solo = _RecordingSession("solo", log, gate)
+    pool = SessionPool(narrow, provider="CPUExecutionProvider", name="t", solo=solo)
+    batch = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(3) as threads:
+        first = threads.submit(pool.run_sync, batch)
+        while len(log) < 1:
+            time.sleep(0.001)
+        others = [threads.submit(pool.run_sync, batch) for _ in range(2)]
+        while len(log) < 3:
+            time.sleep(0.001)
+        gate.set()
+        results = [f.result()[0] for f in [first, *others]]
+    assert log[0] == "solo"  # nothing else ran: all the cores
+    assert sorted(log[1:]) == ["narrow0", "narrow1"]  # side by side: one session each
+    assert all(r.shape == (2, 3) for r in results)
+    assert pool.solo_batches == 1
+    log.clear()
+    pool.run_sync(batch)  # alone again: solo again
+    assert log == ["solo"] and pool.solo_batches == 2
+    assert pool.sessions == (*narrow, solo)
+    pool.close()
+
+
+def test_the_solo_session_is_made_only_on_the_cpu_and_only_when_wider() -> None:
+    made: list[int] = []
+
+    def factory(model: bytes, spec: SessionSpec) -> Session:
+        made.append(spec.intra_op_threads)
+        return _RecordingSession("s", [])
+
+    selector = ProviderSelector(plan_providers("cpu"))
+    spec = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
+    pool = create_pool(b"", count=2, spec=spec, selector=selector, name="a", factory=factory,
+                       solo_threads=4)  # fmt: skip
+    assert made == [1, 1, 4] and len(pool.sessions) == 3
+    made.clear()
+    wide = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=4, spinning=False)
+    pool = create_pool(b"", count=1, spec=wide, selector=selector, name="b", factory=factory,
+                       solo_threads=4)  # fmt: skip
+    assert made == [4] and len(pool.sessions) == 1
+
+
+def test_sessions_zero_resolves_to_the_automatic_count() -> None:
+    def sessions(settings: Settings, config: ModelConfig) -> int:
+        return BatchingConfig.resolve(settings, config, auto_sessions=3).sessions
+
+    assert sessions(Settings(), ModelConfig()) == 3
+    assert sessions(Settings(sessions=2), ModelConfig()) == 2
+    assert sessions(Settings(), ModelConfig(sessions=5)) == 5
+    assert auto_sessions(plan_providers("cpu")) == available_cpus()
