@@ -18,7 +18,14 @@ from imgzoo import __version__
 from imgzoo.errors import UserError
 
 # Parts in the order their commands appear in --help.
-_PARTS = ("models.cli", "training.cli", "export.cli", "service.cli", "imgzoo.demo")
+_PARTS = (
+    "models.cli",
+    "training.cli",
+    "training.sweep_cli",
+    "export.cli",
+    "service.cli",
+    "imgzoo.demo",
+)
 
 Command = Callable[[argparse.Namespace], int]
 

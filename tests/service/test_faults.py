@@ -458,7 +458,7 @@ def test_overload_is_refused_before_the_body_is_read(
         sessions=1,
         warmup=False,
     ) as live:
-        controls.delay_s = 2.0  # two requests fill the version: one running, one queued
+        controls.delay_s = 4.0  # two requests fill the version: one running, one queued
         with ThreadPoolExecutor(max_workers=2) as pool:
             busy = [pool.submit(_post_all, live, "/predict/gray/tiny", [image])
                     for image in sample_images[:2]]  # fmt: skip
