@@ -169,6 +169,20 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header_pixels(data: bytes) -> int | None:
+    """width x height from a PNG's IHDR chunk, read without Pillow; None when not a PNG.
+
+    Nothing is validated beyond the chunk's place: a lying header is caught by the real decode,
+    this only tells the caller how much work the decode would be.
+    """
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+
+
 def decode_image(data: bytes, spec: InputSpec, limits: DecodeLimits) -> npt.NDArray[np.uint8]:
     """Decode `data` to a `(spec.height, spec.width, spec.channels)` uint8 C-contiguous array.
 

@@ -110,6 +110,16 @@ class Settings(BaseSettings):
         le=256,
         description="Threads decoding uploaded images; 0 = the CPUs this process may use.",
     )
+    inline_decode_pixels: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "A request of one PNG image of at most this many pixels (by its header) is decoded "
+            "on the event loop, which costs less than the hop to a decode thread and back "
+            "(pixels; 4096 = 64 x 64; 0 = always in the decode threads)."
+        ),
+    )
     max_batch_size: int = Field(
         default=32, ge=1, le=1024, description="Most images one inference batch holds (images)."
     )

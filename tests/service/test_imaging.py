@@ -20,7 +20,13 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from imgzoo.manifest import InputSpec
 from service import imaging
 from service.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedMediaType
-from service.imaging import DecodeLimits, decode_image, decode_into, sniff_format
+from service.imaging import (
+    DecodeLimits,
+    decode_image,
+    decode_into,
+    png_header_pixels,
+    sniff_format,
+)
 
 LIMITS = DecodeLimits()
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -611,3 +617,15 @@ def test_butterfly_photos_resized(
                 .resize((48, 64), Image.Resampling.BILINEAR)
             )
             assert np.abs(out.astype(int) - reference).mean() < 4
+
+
+def test_png_header_pixels_reads_the_ihdr_and_nothing_else() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (37, 11)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    assert png_header_pixels(data) == 37 * 11
+    assert png_header_pixels(data[:23]) is None  # too short to hold the IHDR
+    assert png_header_pixels(b"GIF89a" + data[6:]) is None
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    assert png_header_pixels(jpeg.getvalue()) is None
