@@ -157,8 +157,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
-    """Add `imgzoo bench soak` (docs/reliability.md)."""
-    from service.bench import soak  # stdlib, numpy and orjson only: cheap to import
+    """Add `imgzoo bench soak` (reliability.md) and `imgzoo bench serve` (benchmarks.md)."""
+    # stdlib, numpy and orjson only: cheap to import
+    from service.bench import serve as serve_bench
+    from service.bench import soak
 
     parser = kinds.add_parser(
         "soak",
@@ -167,3 +169,11 @@ def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
     )
     soak.configure(parser)
     parser.set_defaults(func=soak.command)
+
+    parser = kinds.add_parser(
+        "serve",
+        help="imgzoo against the in-process ONNX Runtime ceiling and naive servers",
+        description=(serve_bench.__doc__ or "").split("\n\n")[0],
+    )
+    serve_bench.configure(parser)
+    parser.set_defaults(func=serve_bench.command)
