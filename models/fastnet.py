@@ -8,7 +8,8 @@ After Keller Jordan's airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single G
 
 The stem is meant to be set by `init_whitening` from the patch covariance of training images
 (its filters are the whitening eigenvectors and their negatives, hence 2 * C * k^2 channels) and
-then frozen. Batch norms learn only a bias (scale fixed at 1) with momentum 0.6, the first
+then frozen. Batch norms learn only a bias (scale fixed at 1) and keep 60 % of their running
+statistics per batch (airbench's "momentum 0.6"; torch's momentum 0.4), the first
 conv of each block starts as a partial identity (Dirac), and the head's 1/9 scale replaces a
 temperature on the logits — all as in airbench. Up to 64 px the stem is a 2x2 stride-1 conv;
 larger images get a 4x4 stride-4 patch stem so the blocks run at 1/4 of the resolution.
@@ -23,7 +24,8 @@ from models.registry import register_model
 
 WIDTHS: tuple[int, int, int] = (64, 256, 256)
 HEAD_SCALE = 1 / 9
-BN_MOMENTUM = 0.6
+BN_MOMENTUM = 0.4
+"""torch convention: the weight of the new batch's statistics (airbench's 0.6 kept = 0.4 new)."""
 BN_EPS = 1e-12
 SMALL_INPUT_MAX = 64
 WHITENING_EPS = 5e-4

@@ -73,6 +73,28 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def flip_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right exactly the images whose `mask` entry (bool, one per image) is set."""
+    _check_batch(images)
+    if mask.shape != (images.shape[0],) or mask.dtype != torch.bool:
+        raise ValueError(f"expected a bool mask of shape ({images.shape[0]},), got {mask.shape}")
+    return torch.where(mask.to(images.device)[:, None, None, None], images.flip(3), images)
+
+
+def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images to mirror in `epoch` (1-based) under airbench's alternating flip.
+
+    `base` holds one random flip state per training image, drawn once for the run; odd epochs
+    use it and even epochs its negation, so each image is seen both ways in any two
+    consecutive epochs (instead of by chance, as random flipping does).
+    """
+    if base.dtype != torch.bool:
+        raise ValueError("the base flip mask must be bool")
+    if epoch < 1:
+        raise ValueError(f"epochs count from 1, got {epoch}")
+    return base if epoch % 2 == 1 else ~base
+
+
 def cutout(
     images: torch.Tensor, size: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -103,13 +125,18 @@ def augment_batch(
     flip: bool,
     cutout_size: int,
     generator: torch.Generator | None = None,
+    flip_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Random crop (translate), horizontal flip, then cutout; each step only when enabled."""
+    """Random crop (translate), horizontal flip, then cutout; each step only when enabled.
+
+    With `flip_mask` (bool per image, e.g. from `alternating_flip_mask`) the flip mirrors
+    exactly those images instead of drawing at random.
+    """
     out = images
     if crop_padding > 0:
         out = random_crop(out, crop_padding, generator)
     if flip:
-        out = random_flip(out, generator)
+        out = random_flip(out, generator) if flip_mask is None else flip_where(out, flip_mask)
     if cutout_size > 0:
         out = cutout(out, cutout_size, generator)
     return out if out is not images else images.clone()

@@ -208,8 +208,14 @@ def _train_command(args: argparse.Namespace) -> int:
     if not result.is_main:
         return 0
     test = f"{100 * result.test_accuracy:.2f}%" if result.test_accuracy is not None else "n/a"
+    kept = "best" if recipe.keep == "best" else "last"
+    tta = (
+        f" ({100 * result.val_accuracy_tta:.2f}% with tta={recipe.tta})"
+        if result.val_accuracy_tta is not None
+        else ""
+    )
     print(
-        f"{recipe.name}: best val accuracy {100 * result.best_val_accuracy:.2f}% "
+        f"{recipe.name}: {kept} val accuracy {100 * result.best_val_accuracy:.2f}%{tta} "
         f"(epoch {result.best_epoch}), test {test}, {result.seconds:.1f}s training, "
         f"{result.epochs_run}/{recipe.epochs} epochs on {result.device}"
     )
@@ -244,7 +250,7 @@ def _register_recipes(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _recipes_command(args: argparse.Namespace) -> int:
-    from training.recipes import RECIPES, get_recipe
+    from training.recipes import RECIPES, get_recipe, sgd_hyperparameters
 
     if args.name:
         data = get_recipe(args.name).to_dict()
@@ -255,6 +261,8 @@ def _recipes_command(args: argparse.Namespace) -> int:
             for key, value in data.items():
                 print(f"{key:<{width}}  {value}")
         return 0
+    # The lr column is what the optimiser gets (airbench-unit recipes are converted).
+    torch_lr = {r.name: sgd_hyperparameters(r)[0] for r in RECIPES.values()}
     rows = [r.to_dict() for r in RECIPES.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -281,7 +289,7 @@ def _recipes_command(args: argparse.Namespace) -> int:
             str(r["epochs"]),
             str(r["batch_size"]),
             r["optimizer"] + ("+la" if r["lookahead_k"] else ""),
-            f"{r['lr']:g}",
+            f"{torch_lr[r['name']]:.3g}",
             r["schedule"],
             f"{r['ema_decay']:g}" if r["ema_decay"] else "off",
             r["amp"],

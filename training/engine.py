@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.preprocess import Normalize
 from training import distributed
-from training.augment import augment_batch
+from training.augment import alternating_flip_mask, augment_batch
 from training.checkpoint import Checkpoint, DataInfo, load_checkpoint
 from training.distributed import DistContext
 from training.ema import ModelEma
@@ -65,7 +65,8 @@ METRIC_KEYS = (
 smoothing), `val_loss` plain cross-entropy; accuracies are fractions in [0, 1]; `lr` is the first
 parameter group's lr at the epoch's last step; `seconds` is the epoch's training time and
 `images_per_s` the training images per second (all ranks together). Lines also carry
-`eval_seconds` and `best` (whether this epoch set a new best validation accuracy)."""
+`eval_seconds` and `best` (whether best.pt now holds this epoch: a new best validation accuracy,
+or every epoch when the recipe keeps the last weights)."""
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,6 +88,8 @@ class TrainResult:
     rank: int = 0
     weights_digest: str = ""
     """sha256 of this process's final exported weights (`state_digest`); equal on every rank."""
+    val_accuracy_tta: float | None = None
+    """Validation accuracy of best.pt under the recipe's test-time augmentation (tta > 0)."""
 
     @property
     def is_main(self) -> bool:
@@ -141,15 +144,24 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     if amp == "auto":
-        # Emulated bf16 on CPUs without native support is several times slower than float32.
+        # CPUs: bf16 only with native bf16 arithmetic (AVX-512-BF16 or AMX). Elsewhere oneDNN
+        # has no fast bf16 convolution and autocast falls back to reference kernels: measured
+        # 15-40x slower than float32 on an AVX2-only EPYC with torch 2.14 (docs/training.md).
         if device.type != "cuda":
-            return None
+            return torch.bfloat16 if cpu_has_native_bf16() else None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16":
         if device.type != "cuda":
             raise TrainingError("amp=fp16 needs a CUDA device; use amp=bf16 on the CPU")
         return torch.float16
     return torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX tiles)."""
+    # Private torch helpers (present since torch 2.1); a build without them counts as no.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def _autocast(
@@ -208,8 +220,14 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "train",
+    flip_mask: torch.Tensor | None = None,
 ) -> EpochStats:
-    """One pass over `images` (uint8 NCHW on the device); updates `state` in place."""
+    """One pass over `images` (uint8 NCHW on the device); updates `state` in place.
+
+    `flip_mask` (bool, one per image of `images`) decides which images are mirrored this epoch
+    (alternating flip) instead of a random draw. After the schedule's last step a Lookahead
+    hands the network its slow weights.
+    """
     ctx = ctx or DistContext(device=images.device)
     device = images.device
     raw_model.train()
@@ -232,6 +250,7 @@ def train_one_epoch(
             flip=recipe.flip,
             cutout_size=recipe.cutout,
             generator=aug_generator,
+            flip_mask=flip_mask[idx] if flip_mask is not None else None,
         )
         x = normalize(batch)
         if recipe.channels_last:
@@ -264,6 +283,8 @@ def train_one_epoch(
         if ema is not None:
             ema.update(raw_model)
         state.step += 1
+        if lookahead is not None and state.step == schedule.total_steps:
+            lookahead.finish()
         n = len(idx)
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(dim=1) == y).sum()
@@ -379,6 +400,7 @@ class _Run:
     amp_dtype: torch.dtype | None
     model_kwargs: dict[str, Any]
     state: StepState
+    flip_base: torch.Tensor | None = None
     best_val: float = -1.0
     best_epoch: int = 0
     train_seconds: float = 0.0
@@ -511,7 +533,6 @@ def _setup_run(
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    optimizer, lookahead = build_optimizer(model, recipe)
     amp_dtype = autocast_dtype(recipe.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     n_train = len(train_images)
@@ -525,6 +546,13 @@ def _setup_run(
         milestone_epochs=recipe.step_milestones,
         gamma=recipe.step_gamma,
     )
+    optimizer, lookahead = build_optimizer(model, recipe, total_steps=schedule.total_steps)
+    # One flip state per training image for the whole run (alternating flip); global indices,
+    # so every rank agrees, and derived from the seed, so a resumed run gets the same one.
+    flip_base = None
+    if recipe.flip and recipe.flip_mode == "alternate":
+        draw = torch.Generator().manual_seed(derived_seed(recipe.seed, 0, 0, stream=3))
+        flip_base = (torch.rand(n_train, generator=draw) < 0.5).to(device)
     run = _Run(
         recipe=recipe,
         ctx=ctx,
@@ -541,18 +569,25 @@ def _setup_run(
         amp_dtype=amp_dtype,
         model_kwargs=model_kwargs,
         state=StepState(),
+        flip_base=flip_base,
     )
     if resumed is not None:
         _restore(run, resumed)
+    run.forward = _wrap(model, recipe, ctx)
+    return run
+
+
+def _wrap(model: nn.Module, recipe: Recipe, ctx: DistContext) -> Forward:
+    """The callable the steps run: DDP around the network under torchrun, then compile."""
     forward: nn.Module = model
     if ctx.enabled:
+        device = ctx.device
         forward = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if recipe.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
-    run.forward = forward
-    return run
+    return forward
 
 
 def _restore(run: _Run, ckpt: Checkpoint) -> None:
@@ -620,6 +655,9 @@ def _train_loop(
         seed_everything(derived_seed(recipe.seed, epoch, ctx.rank, stream=0))
         shuffle = torch.Generator().manual_seed(derived_seed(recipe.seed, epoch, 0, stream=1))
         aug = torch.Generator().manual_seed(derived_seed(recipe.seed, epoch, ctx.rank, stream=2))
+        if _set_whiten_bias_trainable(run.model, recipe, epoch) and ctx.enabled:
+            # DDP fixes the set of parameters it reduces when it wraps the model.
+            run.forward = _wrap(run.model, recipe, ctx)
         stats = train_one_epoch(
             run.forward,
             run.model,
@@ -640,6 +678,9 @@ def _train_loop(
             amp_dtype=run.amp_dtype,
             progress=progress and main,
             desc=f"epoch {epoch}/{recipe.epochs}",
+            flip_mask=(
+                alternating_flip_mask(run.flip_base, epoch) if run.flip_base is not None else None
+            ),
         )
         run.train_seconds += stats.seconds
         # Rank 0's normalisation statistics become everyone's, so ranks stay identical.
@@ -656,7 +697,8 @@ def _train_loop(
             amp_dtype=run.amp_dtype,
             channels_last=recipe.channels_last,
         )
-        improved = val.accuracy > run.best_val
+        # Selection looks at validation only; keep=last takes the final weights whatever.
+        improved = val.accuracy > run.best_val or recipe.keep == "last"
         if improved:
             run.best_val, run.best_epoch = val.accuracy, epoch
         row = {
@@ -693,7 +735,7 @@ def _train_loop(
         distributed.barrier(ctx)
 
     completed = end_epoch >= recipe.epochs
-    test_acc = _finish(run, bundle, completed=completed) if main else None
+    test_acc, val_tta = _finish(run, bundle, completed=completed) if main else (None, None)
     distributed.barrier(ctx)
     return TrainResult(
         run_dir=run.run_dir,
@@ -708,11 +750,36 @@ def _train_loop(
         device=str(device),
         rank=ctx.rank,
         weights_digest=state_digest(run.eval_model.state_dict()),
+        val_accuracy_tta=val_tta,
     )
 
 
-def _finish(run: _Run, bundle: Any, *, completed: bool) -> float | None:
-    """Rank 0: test the best checkpoint once (when training completed), plots, summary."""
+def _set_whiten_bias_trainable(model: nn.Module, recipe: Recipe, epoch: int) -> bool:
+    """airbench trains the whitening stem's bias only for the first epochs, then freezes it.
+
+    A frozen bias (gradient None) is skipped by the optimiser, and with the stem's weight
+    already frozen autograd no longer needs the first block's input gradient. Returns whether
+    anything changed.
+    """
+    if recipe.whiten_bias_epochs is None:
+        return False
+    from models.fastnet import FastNet
+
+    trainable = epoch <= recipe.whiten_bias_epochs
+    changed = False
+    for module in model.modules():
+        bias = module.whiten.bias if isinstance(module, FastNet) else None
+        if bias is not None and bias.requires_grad != trainable:
+            bias.requires_grad_(trainable)
+            changed = True
+    return changed
+
+
+def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, float | None]:
+    """Rank 0: test the kept checkpoint once (when training completed), plots, summary.
+
+    Returns (test accuracy, validation accuracy with the recipe's test-time augmentation).
+    """
     from training.evaluate import evaluate_model
     from training.plots import plot_confusion, plot_curves
 
@@ -720,33 +787,34 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> float | None:
     best_path = run.run_dir / "best.pt"
     best = load_checkpoint(best_path)
     model = best.build_model().to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
     labels = run.info.labels
-    val_report = evaluate_model(
-        model,
-        bundle.val.images,
-        bundle.val.labels,
-        labels,
-        run.normalize,
-        batch_size=recipe.eval_batch_size,
-        device=device,
-    )
+
+    def report(images: torch.Tensor, targets: torch.Tensor, tta: int) -> Any:
+        return evaluate_model(
+            model,
+            images,
+            targets,
+            labels,
+            run.normalize,
+            batch_size=recipe.eval_batch_size,
+            device=device,
+            channels_last=recipe.channels_last,
+            tta=tta,
+        )
+
+    val_report = report(bundle.val.images, bundle.val.labels, 0)
     plot_confusion(
         val_report.confusion,
         labels,
         run.run_dir / "confusion_val.png",
         title=f"{recipe.name}: validation (epoch {best.epoch})",
     )
-    test_report = None
+    val_tta = report(bundle.val.images, bundle.val.labels, recipe.tta) if recipe.tta else None
+    test_report = test_tta = None
     if completed and bundle.test is not None and len(bundle.test) > 0:
-        test_report = evaluate_model(
-            model,
-            bundle.test.images,
-            bundle.test.labels,
-            labels,
-            run.normalize,
-            batch_size=recipe.eval_batch_size,
-            device=device,
-        )
+        test_report = report(bundle.test.images, bundle.test.labels, 0)
         plot_confusion(
             test_report.confusion,
             labels,
@@ -754,6 +822,12 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> float | None:
             title=f"{recipe.name}: test (epoch {best.epoch})",
         )
         best.metrics["test_accuracy"] = test_report.accuracy
+        if recipe.tta:
+            test_tta = report(bundle.test.images, bundle.test.labels, recipe.tta)
+            best.metrics["test_accuracy_tta"] = test_tta.accuracy
+    if val_tta is not None:
+        best.metrics["val_accuracy_tta"] = val_tta.accuracy
+    if test_report is not None or val_tta is not None:
         best.save(best_path)
     metrics = _read_metrics(run.run_dir / "metrics.jsonl")
     if metrics:
@@ -765,10 +839,14 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> float | None:
         "epochs_run": metrics[-1]["epoch"] if metrics else 0,
         "best_epoch": run.best_epoch,
         "best_val_accuracy": run.best_val,
+        "val_accuracy_tta": val_tta.accuracy if val_tta is not None else None,
         "test_accuracy": test_acc,
+        "test_accuracy_tta": test_tta.accuracy if test_tta is not None else None,
+        "tta": recipe.tta,
         "train_seconds": run.train_seconds,
         "images_per_s": _mean([m["images_per_s"] for m in metrics]),
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "world_size": run.ctx.world_size,
         "torch": torch.__version__,
         "data": {
@@ -782,11 +860,19 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> float | None:
         "test_report": test_report.to_dict() if test_report is not None else None,
     }
     _write_json(run.run_dir / "summary.json", summary)
+    if val_tta is not None:
+        log.info(
+            "validation accuracy with tta=%d (epoch %d): %.2f%% (%.2f%% without)",
+            recipe.tta,
+            best.epoch,
+            100 * val_tta.accuracy,
+            100 * val_report.accuracy,
+        )
     if test_acc is not None:
         log.info(
-            "test accuracy of the best checkpoint (epoch %d): %.2f%%", best.epoch, 100 * test_acc
+            "test accuracy of the kept checkpoint (epoch %d): %.2f%%", best.epoch, 100 * test_acc
         )
-    return test_acc
+    return test_acc, (val_tta.accuracy if val_tta is not None else None)
 
 
 def _mean(values: list[float]) -> float:

@@ -2,7 +2,8 @@
 
 `classification_report(y_true, y_pred, labels)` gives accuracy, the confusion matrix (rows =
 true class, columns = predicted class) and per-class precision / recall / F1 / support;
-`predict` runs a network over an in-memory uint8 NCHW image tensor in batches.
+`predict` runs a network over an in-memory uint8 NCHW image tensor in batches, optionally
+with test-time augmentation (`tta_logits`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,40 @@ def classification_report(
     return ClassificationReport(list(labels), accuracy, cm, per_class)
 
 
+TTA_VIEWS = {0: 1, 1: 2, 2: 6}
+"""Forward passes per image at each test-time augmentation level."""
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = model(x)
+    return out.float()
+
+
+def _mirrored(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * _logits(model, x) + 0.5 * _logits(model, x.flip(3))
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Logits of a normalised float NCHW batch under airbench's test-time augmentation.
+
+    level 0: the image; 1: the mean of the image and its mirror; 2: half weight on level 1,
+    half on the mean of level 1 applied to the image shifted one pixel up-left and one pixel
+    down-right (reflect padding), i.e. 6 views weighted 1/4, 1/4, 1/8 x 4.
+    """
+    if level not in TTA_VIEWS:
+        raise ValueError(f"tta level must be 0, 1 or 2, got {level}")
+    if level == 0:
+        return _logits(model, x)
+    logits = _mirrored(model, x)
+    if level == 1:
+        return logits
+    h, w = x.shape[2], x.shape[3]
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :h, :w], padded[:, :, 2 : h + 2, 2 : w + 2]]
+    translated = torch.stack([_mirrored(model, view) for view in shifted])
+    return 0.5 * logits + 0.5 * translated.mean(0)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -110,8 +145,12 @@ def predict(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    tta: int = 0,
 ) -> torch.Tensor:
-    """Logits (float32, CPU) of `model` on uint8 NCHW `images`, in eval mode."""
+    """Logits (float32, CPU) of `model` on uint8 NCHW `images`, in eval mode.
+
+    `tta` is the test-time augmentation level of `tta_logits` (0 = the plain network).
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -127,7 +166,7 @@ def predict(
             else contextlib.nullcontext()
         )
         with ctx:
-            outputs.append(model(batch).float().cpu())
+            outputs.append(tta_logits(model, batch, tta).cpu())
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)
@@ -143,8 +182,18 @@ def evaluate_model(
     *,
     batch_size: int = 512,
     device: torch.device | None = None,
+    channels_last: bool = False,
+    tta: int = 0,
 ) -> ClassificationReport:
-    """Predict and report in one call."""
-    logits = predict(model, images, normalize, batch_size=batch_size, device=device)
+    """Predict (optionally with test-time augmentation) and report in one call."""
+    logits = predict(
+        model,
+        images,
+        normalize,
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        tta=tta,
+    )
     preds = logits.argmax(dim=1).numpy() if len(logits) else np.empty(0, dtype=np.int64)
     return classification_report(labels.numpy(), preds, class_names)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from training.lookahead import Lookahead
-from training.recipes import Recipe
+from training.recipes import Recipe, sgd_hyperparameters
 
 # Normalisation layers' affine weights are scales, not filters: decaying them only fights the
 # normalisation, so they (and every bias) get no weight decay.
@@ -24,50 +24,87 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 def split_decay_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decay, no_decay): norm-layer parameters, biases and other 1-d tensors go to no_decay."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    decay, norm, other = split_parameter_kinds(model)
+    return decay, norm + other
+
+
+def split_parameter_kinds(
+    model: nn.Module,
+) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(weights, normalisation parameters, other biases and 1-d tensors), trainable only."""
+    weights: list[nn.Parameter] = []
+    norm: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            skip = isinstance(module, _NORM_TYPES) or name.endswith("bias") or param.ndim <= 1
-            (no_decay if skip else decay).append(param)
-    return decay, no_decay
+            if isinstance(module, _NORM_TYPES):
+                norm.append(param)
+            elif name.endswith("bias") or param.ndim <= 1:
+                other.append(param)
+            else:
+                weights.append(param)
+    return weights, norm, other
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> tuple[Optimizer, Lookahead | None]:
-    """The recipe's optimiser over two groups (with / without decay), each with `base_lr`.
+def build_optimizer(
+    model: nn.Module, recipe: Recipe, *, total_steps: int | None = None
+) -> tuple[Optimizer, Lookahead | None]:
+    """The recipe's optimiser over up to three groups, each with its `base_lr`.
 
-    Returns the inner optimiser (for the schedule and the gradient scaler) and the Lookahead
-    wrapper when the recipe turns it on.
+    Groups: weights (decayed); normalisation parameters (lr times `norm_bias_lr_scale`); other
+    biases. The last two are decayed only with `decay_all`, by the same fraction per step as
+    the weights. Returns the inner optimiser (for the schedule and the gradient scaler) and
+    the Lookahead wrapper when the recipe turns it on (`total_steps`, the run's optimiser
+    steps, sets the pace of a ramped Lookahead step size).
     """
-    decay, no_decay = split_decay_parameters(model)
+    weights, norm, other = split_parameter_kinds(model)
+    lr, decay = sgd_hyperparameters(recipe)
+    scale = recipe.norm_bias_lr_scale
     groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": weights, "weight_decay": decay, "base_lr": lr},
+        {
+            "params": norm,
+            "weight_decay": decay / scale if recipe.decay_all else 0.0,
+            "base_lr": lr * scale,
+        },
+        {"params": other, "weight_decay": decay if recipe.decay_all else 0.0, "base_lr": lr},
     ]
     groups = [g for g in groups if g["params"]]
+    for group in groups:
+        group["lr"] = group["base_lr"]
     optimizer: Optimizer
     if recipe.optimizer == "sgd":
         optimizer = torch.optim.SGD(
             groups,
-            lr=recipe.lr,
+            lr=lr,
             momentum=recipe.momentum,
             nesterov=recipe.nesterov and recipe.momentum > 0,
         )
     elif recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(groups, lr=recipe.lr, betas=(recipe.momentum, recipe.beta2))
+        optimizer = torch.optim.Adam(groups, lr=lr, betas=(recipe.momentum, recipe.beta2))
     elif recipe.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, recipe.beta2))
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(recipe.momentum, recipe.beta2))
     else:  # Recipe validation rules this out; kept for a clear message if it changes.
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-    for group in optimizer.param_groups:
-        group["base_lr"] = recipe.lr
     lookahead = (
-        Lookahead(optimizer, k=recipe.lookahead_k, alpha=recipe.lookahead_alpha)
+        Lookahead(
+            optimizer,
+            k=recipe.lookahead_k,
+            alpha=recipe.lookahead_alpha,
+            alpha_power=recipe.lookahead_alpha_power,
+            total_steps=total_steps,
+            buffers=_float_buffers(model) if recipe.lookahead_buffers else (),
+        )
         if recipe.lookahead_k > 0
         else None
     )
     return optimizer, lookahead
+
+
+def _float_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Floating-point buffers (running statistics); integer counters are left alone."""
+    return [b for b in model.buffers() if b.is_floating_point()]

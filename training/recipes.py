@@ -9,7 +9,9 @@ Units used below:
 - "images": a count of training images (not batches); "epochs": passes over the train split
   (fractions allowed where the type is float); "steps": optimiser steps (one per batch).
 - learning rates are the optimiser's own `lr`, applied to the gradient of the loss averaged
-  over the batch (so they do not scale with the batch size by themselves).
+  over the batch (so they do not scale with the batch size by themselves), unless the recipe
+  sets `airbench_units`: then `lr` and `weight_decay` are per 1024 images and follow the batch
+  size (see those fields and `sgd_hyperparameters`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from imgzoo.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+FLIP_MODES = ("random", "alternate")
+KEEP_MODES = ("best", "last")
+TTA_LEVELS = (0, 1, 2)
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 
@@ -73,13 +78,34 @@ class Recipe:
     """Nesterov momentum for SGD; unused by Adam."""
     weight_decay: float = 5e-4
     """Weight decay coefficient (L2 for sgd / adam, decoupled for adamw), per step, times lr.
-    Never applied to normalisation weights or biases."""
+    Applied to normalisation weights and biases only with decay_all. With airbench_units it is
+    instead the fraction the weights shrink per 1024 training images at the peak lr."""
+    airbench_units: bool = False
+    """sgd only: read lr and weight_decay in airbench's batch- and momentum-independent units.
+    lr is then the step per 1024 images divided by Nesterov momentum's gain 1 + 1/(1-momentum)
+    (the optimiser gets lr * batch_size / (1024 * gain) on the batch-mean loss), and
+    weight_decay is the fraction of each weight removed per 1024 images at the peak lr (the
+    optimiser's L2 coefficient becomes weight_decay / lr), so both follow the batch size."""
+    norm_bias_lr_scale: float = 1.0
+    """Learning-rate multiplier of normalisation-layer parameters (dimensionless; airbench
+    trains BatchNorm biases at 64x the lr of the weights)."""
+    decay_all: bool = False
+    """Also decay normalisation parameters and biases, each by the same fraction per step as
+    the weights (their coefficient is divided by their lr multiplier), as airbench does."""
     grad_clip: float = 0.0
     """Clip the global gradient L2 norm to this value before each step; 0 = off."""
     lookahead_k: int = 0
     """Lookahead: synchronise slow weights every k optimiser steps; 0 = Lookahead off."""
     lookahead_alpha: float = 0.5
-    """Lookahead slow-weight step size (dimensionless, in (0, 1])."""
+    """Lookahead slow-weight step size (dimensionless, in (0, 1]); see lookahead_alpha_power."""
+    lookahead_alpha_power: float = 0.0
+    """Lookahead step size schedule: at optimiser step t of T the slow weights move by
+    1 - (1 - lookahead_alpha) * (t / T) ** power towards the fast ones (dimensionless, >= 0).
+    0 keeps lookahead_alpha throughout; airbench uses 3 (no averaging early, heavy at the end).
+    After the last step the network takes the slow weights."""
+    lookahead_buffers: bool = False
+    """Let Lookahead average the float buffers too (BatchNorm running statistics), as airbench
+    does; off = parameters only."""
 
     # --- schedule (stepped per optimiser step) ---------------------------------------------
     schedule: str = "cosine"
@@ -107,15 +133,19 @@ class Recipe:
     crop_padding: int = 4
     """Random-crop translation: reflect-pad by this many pixels, crop back; 0 = off."""
     flip: bool = True
-    """Random horizontal flip with probability 0.5."""
+    """Horizontal flip (see flip_mode)."""
+    flip_mode: str = "random"
+    """random: each image flipped with probability 0.5 every epoch; alternate (airbench): each
+    image gets one random flip state for the run and it alternates every epoch, so every image
+    is seen both ways in any two consecutive epochs."""
     cutout: int = 0
     """Cutout square side in pixels, zeroed at a random place per image; 0 = off."""
 
     # --- speed -----------------------------------------------------------------------------
     amp: str = "off"
-    """Autocast: off; auto (bf16 on CUDA, fp16 on CUDA without bf16, off on the CPU); bf16
-    (CUDA and CPU: only fast on CPUs with native bf16, AVX-512-BF16 / AMX); fp16 (CUDA only,
-    with a gradient scaler)."""
+    """Autocast: off; auto (bf16 on CUDA, fp16 on CUDA without bf16; on the CPU bf16 only with
+    native bf16, AVX-512-BF16 or AMX, else off); bf16 (CUDA and CPU: 15-40x slower than float32
+    on CPUs without native bf16); fp16 (CUDA only, with a gradient scaler)."""
     channels_last: bool = False
     """Store activations NHWC (channels_last); pays off on CUDA with AMP and on CPU with bf16."""
     compile: bool = False
@@ -124,6 +154,21 @@ class Recipe:
     """fastnet only: initialise the 2x2 stem from the patch covariance of training images."""
     whiten_images: int = 5000
     """How many training images the whitening statistics use (images)."""
+    whiten_bias_epochs: int | None = None
+    """fastnet: train the whitening stem's bias for this many epochs, then freeze it (airbench:
+    3; it also saves that layer's input gradient); None = trained throughout."""
+
+    # --- evaluation and selection -------------------------------------------------------------
+    tta: int = 0
+    """Test-time augmentation of the final evaluation (val and test, not the per-epoch curve):
+    0 none; 1 mirror (mean logits of the image and its mirror); 2 mirror + translate (half
+    weight on the image and its mirror, half on both shifted by one pixel up-left and
+    down-right, each with its mirror: airbench's 6 views). The exported graph does not
+    include it: serving answers as tta=0."""
+    keep: str = "best"
+    """Which weights best.pt keeps (and test/export use): best = the epoch with the highest
+    validation accuracy; last = the final weights (airbench; the validation figure is then
+    free of selection bias)."""
 
     # --- data split and seeds --------------------------------------------------------------
     val_fraction: float = 0.1
@@ -161,10 +206,27 @@ class Recipe:
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
             (self.cutout >= 0, "cutout must be >= 0"),
             (self.whiten_images >= 1, "whiten_images must be >= 1"),
+            (
+                self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
+                "whiten_bias_epochs must be >= 0 (or none)",
+            ),
+            (self.norm_bias_lr_scale > 0, "norm_bias_lr_scale must be > 0"),
+            (
+                not self.airbench_units or self.optimizer == "sgd",
+                "airbench_units applies only to optimizer sgd",
+            ),
+            (self.lookahead_alpha_power >= 0, "lookahead_alpha_power must be >= 0"),
+            (self.flip_mode in FLIP_MODES, f"flip_mode must be one of {', '.join(FLIP_MODES)}"),
+            (self.keep in KEEP_MODES, f"keep must be one of {', '.join(KEEP_MODES)}"),
+            (self.tta in TTA_LEVELS, "tta must be 0 (none), 1 (mirror) or 2 (mirror+translate)"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
             (self.channels in (None, 1, 3), "channels must be 1 or 3"),
             (not self.whiten or self.model == "fastnet", "whiten applies only to model fastnet"),
+            (
+                self.whiten_bias_epochs is None or self.model == "fastnet",
+                "whiten_bias_epochs applies only to model fastnet",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -214,6 +276,25 @@ class Recipe:
                 raise RecipeError(f"stored recipe lacks {key!r}")
         base = cls(name=known.pop("name"), dataset=known.pop("dataset"), model=known.pop("model"))
         return base.override(**known)
+
+
+def nesterov_gain(momentum: float) -> float:
+    """How much larger than the gradient a (Nesterov) momentum step is for a constant gradient."""
+    return 1.0 + 1.0 / (1.0 - momentum)
+
+
+def sgd_hyperparameters(recipe: Recipe) -> tuple[float, float]:
+    """(lr, L2 coefficient) the torch optimiser gets, on the batch-mean loss.
+
+    In plain units they are the recipe's own. In airbench's units (`airbench_units`), lr is
+    per 1024 images and divided by the momentum gain, and the decay is a fraction per 1024
+    images: converting gives lr * batch / (1024 * gain) and weight_decay / lr, so the shrink
+    per step, lr_torch * coefficient, is weight_decay * batch / (1024 * gain).
+    """
+    if not recipe.airbench_units:
+        return recipe.lr, recipe.weight_decay
+    lr = recipe.lr * recipe.batch_size / (1024.0 * nesterov_gain(recipe.momentum))
+    return lr, recipe.weight_decay / recipe.lr
 
 
 def _field_types() -> dict[str, Any]:
@@ -314,24 +395,41 @@ RECIPES: dict[str, Recipe] = {
             whiten_images=2000,
             amp="off",
         ),
-        # airbench94-like: short, whitened stem, label smoothing, triangular schedule, EMA-free.
+        # airbench94's mechanics (docs/training.md): lr 11.5 and decay 0.0153 per 1024 images in
+        # its decoupled units, BatchNorm biases at 64x lr, Nesterov 0.85, 23 % warm-up from 0.2
+        # then linear to 0.07, stem bias trained 3 epochs, smoothing 0.2, Lookahead-EMA every 5
+        # steps with a cubic ramp, alternating flips, 2 px translation, 6-view TTA, last weights.
         _cifar10(
             "cifar10_fastnet",
             "fastnet",
             epochs=10,
             batch_size=1024,
+            eval_batch_size=1000,
             optimizer="sgd",
-            lr=0.2,
+            airbench_units=True,
+            lr=11.5,
             momentum=0.85,
             nesterov=True,
-            weight_decay=5e-4,
+            weight_decay=0.0153,
+            norm_bias_lr_scale=64.0,
+            decay_all=True,
+            lookahead_k=5,
+            lookahead_alpha=1 - 0.95**5,
+            lookahead_alpha_power=3.0,
+            lookahead_buffers=True,
             schedule="onecycle",
-            warmup_epochs=2.0,
-            warmup_start_factor=0.1,
+            warmup_epochs=2.3,
+            warmup_start_factor=0.2,
+            final_lr_factor=0.07,
             label_smoothing=0.2,
             crop_padding=2,
             flip=True,
+            flip_mode="alternate",
             whiten=True,
+            whiten_images=5000,
+            whiten_bias_epochs=3,
+            tta=2,
+            keep="last",
             amp="auto",
             channels_last=True,
         ),

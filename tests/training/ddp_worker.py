@@ -1,6 +1,6 @@
 """One rank of the DDP test: `torchrun --nproc-per-node 2 ddp_worker.py OUT_DIR`.
 
-Trains the tiny demo recipe for one short epoch with gloo on the CPU and writes
+Trains the tiny demo recipe for two short epochs with gloo on the CPU and writes
 `OUT_DIR/rank<r>.json` with this rank's final weight digest, so the test can check that both
 ranks ended with the same weights and that rank 0 alone wrote the run files.
 """
@@ -19,7 +19,18 @@ from training.engine import train
 
 def main() -> int:
     out = Path(sys.argv[1])
-    recipe = tiny_recipe(epochs=1, batch_size=32, whiten_images=64)
+    # Two epochs with airbench's mechanics: the stem bias freezes after epoch 1 (DDP re-wraps),
+    # alternating flips and the ramped Lookahead with averaged BatchNorm statistics.
+    recipe = tiny_recipe(
+        epochs=2,
+        batch_size=32,
+        whiten_images=64,
+        whiten_bias_epochs=1,
+        flip_mode="alternate",
+        lookahead_k=2,
+        lookahead_alpha_power=3.0,
+        lookahead_buffers=True,
+    )
     result = train(
         recipe,
         data_root=None,

@@ -1,4 +1,4 @@
-"""torchrun DDP on the CPU: two gloo processes, one short epoch on the demo set."""
+"""torchrun DDP on the CPU: two gloo processes, two short epochs on the demo set."""
 
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ def test_two_process_gloo_run_agrees(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1]
-    assert all(r["epochs_run"] == 1 for r in ranks)
+    assert all(r["epochs_run"] == 2 for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["best_val_accuracy"] == ranks[1]["best_val_accuracy"]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state_digest(ckpt.state_dict) == ranks[1]["digest"]
-    # Only rank 0 wrote: one metrics line, for epoch 1.
+    # Only rank 0 wrote: one metrics line per epoch.
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
 def _env() -> dict[str, str]:
