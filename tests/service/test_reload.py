@@ -216,13 +216,17 @@ def test_no_request_is_lost_across_swaps_under_concurrent_load(
     references = [offline_probabilities(model_repository.gray, image) for image in images]
     controls = Controls()
     controls.delay_s = 0.01  # batches take a little while, so requests queue on the old version
-    total, clients = 200, 16
+    total, clients = 1000, 16
     results: list[tuple[int, dict[str, Any], int]] = []
     lock = threading.Lock()
     counter = iter(range(total))
 
     with (
-        serve(repo, session_factory=controlled_factory(controls), admin_token=ADMIN) as live,
+        # One session per version, so that loading a version under load stays quick and
+        # each swap below happens while requests are still coming.
+        serve(
+            repo, session_factory=controlled_factory(controls), admin_token=ADMIN, sessions=1
+        ) as live,
         live.client() as admin,
     ):
 
@@ -253,10 +257,10 @@ def test_no_request_is_lost_across_swaps_under_concurrent_load(
             wait_for(20)
             _replace_in_place(repo / "gray" / "tiny" / "1", model_repository.gray)
             assert _reload(admin)["replaced"] == ["gray/tiny/1"]  # v1 retired under load
-            wait_for(70)
+            wait_for(progress() + 50)
             copy_version(repo, model_repository.gray, version=2)
             assert _reload(admin)["added"] == ["gray/tiny/2"]  # traffic moves to v2
-            wait_for(120)
+            wait_for(progress() + 50)
             shutil.rmtree(repo / "gray" / "tiny" / "2")
             assert _reload(admin)["removed"] == ["gray/tiny/2"]  # v2 retired under load
             for future in futures:
