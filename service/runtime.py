@@ -338,6 +338,12 @@ def create_pool(
     return SessionPool(sessions, provider=provider, name=name, solo=solo)
 
 
+# Each session holds its own copy of the weights and is warmed up at every batch size: past a
+# few, more sessions cost memory and start-up time and gain nothing over wider ones.
+MAX_AUTO_SESSIONS = 8
+
+
 def auto_sessions(plan: ProviderPlan) -> int:
-    """Sessions per model when the setting is 0: one per available CPU on the CPU, else one."""
-    return available_cpus() if plan.providers[0] == CPU else 1
+    """Sessions per model when the setting is 0: on the CPU one per available CPU, at most
+    `MAX_AUTO_SESSIONS` (the threads are then shared among them); one on a GPU."""
+    return min(available_cpus(), MAX_AUTO_SESSIONS) if plan.providers[0] == CPU else 1

@@ -78,8 +78,8 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "ONNX Runtime sessions (parallel batches) per model; 0 = one per available CPU on "
-            "the CPU provider (single-threaded sessions scale better than one wide session), "
-            "one on a GPU."
+            "the CPU provider, at most 8 (single-threaded sessions scale better than one wide "
+            "session), one on a GPU."
         ),
     )
     solo_session: bool = Field(

@@ -18,6 +18,7 @@ from imgzoo.errors import UserError
 from service.dataplane import softmax, top_k_predictions
 from service.registry import warmup_batch_sizes
 from service.runtime import (
+    MAX_AUTO_SESSIONS,
     ProviderSelector,
     ProviderUnavailableError,
     Session,
@@ -218,4 +219,11 @@ def test_sessions_zero_resolves_to_the_automatic_count() -> None:
     assert sessions(Settings(), ModelConfig()) == 3
     assert sessions(Settings(sessions=2), ModelConfig()) == 2
     assert sessions(Settings(), ModelConfig(sessions=5)) == 5
-    assert auto_sessions(plan_providers("cpu")) == available_cpus()
+    assert auto_sessions(plan_providers("cpu")) == min(available_cpus(), MAX_AUTO_SESSIONS)
+
+
+def test_automatic_sessions_are_capped_on_a_large_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.runtime.available_cpus", lambda: 64)
+    assert auto_sessions(plan_providers("cpu")) == MAX_AUTO_SESSIONS
+    # The threads are shared among the capped sessions: 64 CPUs, 8 sessions, 8 threads each.
+    assert threads_per_session(0, MAX_AUTO_SESSIONS) == 8
