@@ -154,7 +154,8 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _cache_dir(args: argparse.Namespace) -> Path | None:
+def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
+    """The decoded-image cache `--cache-dir` / `--no-cache` ask for (also used by sweep)."""
     if args.no_cache:
         return None
     if args.cache_dir is not None:
@@ -164,8 +165,8 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     return default_cache_dir()
 
 
-def _check_names(recipe: Any) -> None:
-    """Unknown model / data set names fail before any data is read."""
+def check_recipe_names(recipe: Any) -> None:
+    """Unknown model / data set names fail before any data is read (also used by sweep)."""
     from models import get_model, list_models
     from training.datasets import dataset_names
 
@@ -182,7 +183,7 @@ def _train_command(args: argparse.Namespace) -> int:
     if args.limit_per_class is not None and args.limit_per_class < 1:
         raise UserError("--limit-per-class must be >= 1")
     recipe, data_root = _build_recipe(args)
-    _check_names(recipe)
+    check_recipe_names(recipe)
     _set_threads(args.threads)
     from training.engine import train
 
@@ -199,7 +200,7 @@ def _train_command(args: argparse.Namespace) -> int:
         out_dir=out,
         device=args.device,
         resume=args.resume,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir_from_args(args),
         progress=not args.no_progress,
         limit_per_class=args.limit_per_class,
         download=args.download,
@@ -229,7 +230,7 @@ def _train_command(args: argparse.Namespace) -> int:
             args.repository,
             data_root=data_root,
             progress=not args.no_progress,
-            cache_dir=_cache_dir(args),
+            cache_dir=cache_dir_from_args(args),
         )
         print(f"exported: {exported.version_dir}")
     return 0
@@ -367,7 +368,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             ckpt.data,
             args.split,
             data_root=args.data_root,
-            cache_dir=_cache_dir(args),
+            cache_dir=cache_dir_from_args(args),
             progress=progress,
         )
     report = evaluate_model(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imgzoo.errors import UserError
+from training.cli import cache_dir_from_args, check_recipe_names
 
 _EXAMPLE = """\
 example (the seed projects' comparison, 3 epochs each):
@@ -118,31 +119,6 @@ def _base_recipe(args: argparse.Namespace) -> Any:
     raise RecipeError("say what to sweep: --recipe NAME, or --dataset NAME and --model NAME")
 
 
-def _check_names(recipes: list[Any]) -> None:
-    """Unknown model / data set names fail before anything trains."""
-    from models import get_model, list_models
-    from training.datasets import dataset_names
-
-    for recipe in recipes:
-        if recipe.dataset not in dataset_names():
-            raise UserError(
-                f"unknown data set {recipe.dataset!r} (known: {', '.join(dataset_names())})"
-            )
-        if recipe.model not in list_models():
-            get_model(recipe.model, num_classes=2)  # raises UnknownModelError listing the names
-            raise UserError(f"unknown model {recipe.model!r}")
-
-
-def _cache_dir(args: argparse.Namespace) -> Path | None:
-    if args.no_cache:
-        return None
-    if args.cache_dir is not None:
-        return Path(args.cache_dir)
-    from training.cache import default_cache_dir
-
-    return default_cache_dir()
-
-
 def _previous_extra(out: Path) -> dict[str, Any]:
     """The run-time facts (argv, machine) of an earlier sweep.json, kept by --report-only."""
     import json
@@ -173,7 +149,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
         seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
     )
     runs = plan.runs
-    _check_names([r.recipe for r in runs])
+    for run in runs:
+        check_recipe_names(run.recipe)
 
     from training.sweep_report import write_report
     from training.sweep_run import run_state, run_sweep
@@ -208,7 +185,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
         plan,
         data_root=args.data_root,
         device=args.device,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir_from_args(args),
         limit_per_class=args.limit_per_class,
         progress=args.progress,
         report_extra={
