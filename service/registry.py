@@ -599,6 +599,7 @@ class ModelRegistry:
             name=name,
             factory=self._session_factory,
             solo_threads=available_cpus() if self.settings.solo_session else 0,
+            solo_spinning=self.settings.solo_spinning,
         )
         try:
             for session in pool.sessions:

@@ -190,6 +190,10 @@ class SessionSpec:
     providers: ProviderList
     intra_op_threads: int
     spinning: bool
+    """Idle intra-op threads spin before they sleep (ONNX Runtime's default)."""
+    stop_spinning_after_run: bool = False
+    """With `spinning`: the threads spin only while a run is in progress and stop when it returns,
+    so a session that runs now and then does not keep a core busy between runs."""
 
 
 SessionFactory = Callable[[bytes, SessionSpec], Session]
@@ -208,6 +212,8 @@ def create_ort_session(model: bytes, spec: SessionSpec) -> Session:
     spin = "1" if spec.spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if spec.spinning and spec.stop_spinning_after_run:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     session: Session = ort.InferenceSession(model, sess_options=options, providers=spec.providers)
     return session
 
@@ -323,18 +329,24 @@ def create_pool(
     name: str,
     factory: SessionFactory = create_ort_session,
     solo_threads: int = 0,
+    solo_spinning: bool = False,
 ) -> SessionPool:
     """Create `count` sessions of one model (blocking) and check what they run on.
 
     `solo_threads` > `spec.intra_op_threads` adds a solo session with that many threads (see
-    `SessionPool`), only where the sessions run on the CPU.
+    `SessionPool`), only where the sessions run on the CPU. `solo_spinning`: its threads spin
+    while it runs (not after), so a lone batch's layers hand work between cores without a
+    wake-up each time.
     """
     sessions = [factory(model, spec) for _ in range(count)]
     providers = {selector.confirm(s.get_providers()) for s in sessions}
     provider = sorted(providers)[0]
     solo = None
     if provider == CPU and solo_threads > spec.intra_op_threads:
-        solo = factory(model, replace(spec, intra_op_threads=solo_threads))
+        solo_spec = replace(spec, intra_op_threads=solo_threads)
+        if solo_spinning and not spec.spinning:
+            solo_spec = replace(solo_spec, spinning=True, stop_spinning_after_run=True)
+        solo = factory(model, solo_spec)
     return SessionPool(sessions, provider=provider, name=name, solo=solo)
 
 

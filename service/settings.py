@@ -90,6 +90,14 @@ class Settings(BaseSettings):
             "core each. Ignored when a session already has all the CPUs."
         ),
     )
+    solo_spinning: bool = Field(
+        default=True,
+        description=(
+            "The solo session's threads spin while it runs a batch and stop when it returns: "
+            "a lone request's layers start on every core at once instead of waking sleeping "
+            "threads, and no core is kept busy between requests."
+        ),
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,

@@ -529,7 +529,7 @@ def _setup_run(
         # must match the saved ones (the weights themselves come from the checkpoint next).
         from models.fastnet import init_whitening
 
-        init_whitening(model, normalize(train_images[: recipe.whiten_images].to(device)))
+        init_whitening(model, normalize(_whitening_sample(train_images, recipe).to(device)))
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
@@ -752,6 +752,17 @@ def _train_loop(
         weights_digest=state_digest(run.eval_model.state_dict()),
         val_accuracy_tta=val_tta,
     )
+
+
+def _whitening_sample(train_images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """A seeded random sample of `recipe.whiten_images` training images for the whitening stem.
+
+    Not the first ones: an image-folder data set is stored class by class, so a prefix would
+    hold one or two classes and the patch statistics would describe only those.
+    """
+    draw = torch.Generator().manual_seed(derived_seed(recipe.seed, 0, 0, stream=4))
+    picked = torch.randperm(len(train_images), generator=draw)[: recipe.whiten_images]
+    return train_images[picked]
 
 
 def _set_whiten_bias_trainable(model: nn.Module, recipe: Recipe, epoch: int) -> bool:

@@ -153,7 +153,7 @@ class Recipe:
     whiten: bool = False
     """fastnet only: initialise the 2x2 stem from the patch covariance of training images."""
     whiten_images: int = 5000
-    """How many training images the whitening statistics use (images)."""
+    """How many training images (a seeded random sample) the whitening statistics use (images)."""
     whiten_bias_epochs: int | None = None
     """fastnet: train the whitening stem's bias for this many epochs, then freeze it (airbench:
     3; it also saves that layer's input gradient); None = trained throughout."""

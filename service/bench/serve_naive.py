@@ -6,8 +6,8 @@ backends behind the same app:
 
 - `torch`: the PyTorch network in eager mode (the checkpoint's architecture and weights,
   wrapped exactly as the export wraps it: uint8 NHWC -> normalise -> network);
-- `ort`: the exported `model.onnx` in one ONNX Runtime session built as the service builds its
-  sessions (`service.runtime.create_ort_session`).
+- `ort`: the exported `model.onnx` in one ONNX Runtime session with `--threads` threads and
+  otherwise ONNX Runtime's defaults, as a tutorial leaves them (idle threads spin).
 
     python -m service.bench.serve_naive --backend torch --port 8001 --threads 2 \\
         --model cifar10/fastnet=fastnet.pt
@@ -80,7 +80,7 @@ def torch_predictor(checkpoint: Path) -> Predictor:
 
 
 def ort_predictor(version_dir: Path, threads: int) -> Predictor:
-    """One ONNX Runtime session, made as the service makes its sessions; one run per image."""
+    """One ONNX Runtime session with ORT's default spinning; one run per image."""
     from imgzoo.manifest import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAME, load_manifest
     from service.runtime import CPU, SessionSpec, create_ort_session
 
@@ -88,7 +88,7 @@ def ort_predictor(version_dir: Path, threads: int) -> Predictor:
     spec = manifest.input
     session = create_ort_session(
         (version_dir / ONNX_FILENAME).read_bytes(),
-        SessionSpec(providers=(CPU,), intra_op_threads=threads, spinning=False),
+        SessionSpec(providers=(CPU,), intra_op_threads=threads, spinning=True),
     )
 
     def predict(data: bytes) -> list[dict[str, Any]]:

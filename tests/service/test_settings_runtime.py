@@ -212,6 +212,34 @@ def test_the_solo_session_is_made_only_on_the_cpu_and_only_when_wider() -> None:
     assert made == [4] and len(pool.sessions) == 1
 
 
+def test_the_solo_session_spins_only_while_it_runs_when_asked() -> None:
+    specs: list[SessionSpec] = []
+
+    def factory(model: bytes, spec: SessionSpec) -> Session:
+        specs.append(spec)
+        return _RecordingSession("s", [])
+
+    selector = ProviderSelector(plan_providers("cpu"))
+    quiet = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
+    create_pool(b"", count=2, spec=quiet, selector=selector, name="a", factory=factory,
+                solo_threads=2, solo_spinning=True)  # fmt: skip
+    assert [(s.intra_op_threads, s.spinning, s.stop_spinning_after_run) for s in specs] == [
+        (1, False, False),
+        (1, False, False),
+        (2, True, True),
+    ]
+    specs.clear()
+    create_pool(b"", count=1, spec=quiet, selector=selector, name="b", factory=factory,
+                solo_threads=2, solo_spinning=False)  # fmt: skip
+    assert [s.spinning for s in specs] == [False, False]
+    specs.clear()
+    # Spinning everywhere (intra_op_spinning) stays as it is on the solo session too.
+    spinning = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=True)
+    create_pool(b"", count=1, spec=spinning, selector=selector, name="c", factory=factory,
+                solo_threads=2, solo_spinning=True)  # fmt: skip
+    assert [(s.spinning, s.stop_spinning_after_run) for s in specs] == [(True, False)] * 2
+
+
 def test_sessions_zero_resolves_to_the_automatic_count() -> None:
     def sessions(settings: Settings, config: ModelConfig) -> int:
         return BatchingConfig.resolve(settings, config, auto_sessions=3).sessions

@@ -14,7 +14,7 @@ from models.fastnet import FastNet
 from tests.training.conftest import tiny_recipe
 from training.augment import alternating_flip_mask, augment_batch, flip_where
 from training.checkpoint import load_checkpoint
-from training.engine import steps_per_epoch, train
+from training.engine import _whitening_sample, steps_per_epoch, train
 from training.evaluate import tta_logits
 from training.lookahead import Lookahead
 from training.optim import build_optimizer
@@ -287,6 +287,21 @@ def _airbench_tiny(**changes: object) -> Recipe:
         tta=2,
         **changes,
     )
+
+
+def test_whitening_statistics_come_from_every_class_not_a_prefix() -> None:
+    # An image-folder data set is stored class by class: a prefix would be one or two classes.
+    labels = torch.arange(10).repeat_interleave(500)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).to(torch.uint8).contiguous()
+    recipe = tiny_recipe(whiten_images=1000)
+    sample = _whitening_sample(images, recipe)
+    assert sample.shape == (1000, 3, 4, 4)
+    per_class = torch.bincount(sample[:, 0, 0, 0].long(), minlength=10)
+    # ~100 each; the first 1,000 images would be 500, 500, 0, ...
+    assert int(per_class.min()) >= 60, per_class.tolist()
+    assert torch.equal(sample, _whitening_sample(images, recipe))  # seeded: resumes match
+    other = recipe.override(seed=recipe.seed + 1)
+    assert not torch.equal(sample, _whitening_sample(images, other))
 
 
 def test_whiten_bias_is_trained_only_for_its_epochs(tmp_path: Path) -> None:
