@@ -2,13 +2,15 @@
 # Installs the Debian packages that integration tests drive for real, when we can:
 #   prometheus -> promtool (checks the live /metrics output)
 #   chromium + chromium-driver -> the web page tested in a real headless browser
+#   hey -> issue 7's HTTP load generator, `imgzoo bench serve --client hey`
 # Without root or apt the tests that need them skip with a reason.
 set -euo pipefail
-packages=(prometheus chromium chromium-driver)
+packages=(prometheus chromium chromium-driver hey)
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v hey >/dev/null 2>&1 || missing+=(hey)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -46,12 +46,13 @@ from imgzoo.errors import UserError
 from service.bench.serve_requests import DEFAULT_KINDS, KINDS, NAIVE_KINDS
 
 if TYPE_CHECKING:
-    from service.bench.serve_load import LoadGenerator, LoadSpec
+    from service.bench.serve_load import Load, LoadSpec
     from service.bench.serve_models import BenchModel
     from service.bench.serve_requests import ImageSet
     from service.bench.serve_stats import PointSummary
 
 SERVERS = ("imgzoo", "torch-naive", "ort-naive")
+CLIENTS = ("builtin", "hey")
 HOST = "127.0.0.1"
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bench-serve.json", "bench-serve.md", "bench-serve.png"
 _READY_TIMEOUT_S = 600.0  # ResNet warm-up on a busy 2-core machine takes a while
@@ -85,6 +86,7 @@ class Options:
     timeout_s: float
     out: Path
     quick: bool
+    client: str = "builtin"
 
     def command_line(self) -> str:
         """The exact `imgzoo bench serve` command that repeats this run."""
@@ -128,6 +130,8 @@ class Options:
         words += ["--ceiling-batch", str(self.ceiling_batch)] if self.ceiling else ["--no-ceiling"]
         words += ["--naive-threads", str(self.naive_threads), "--timeout-s", f"{self.timeout_s:g}"]
         words += [f"--server-arg={arg}" for arg in self.server_args]
+        if self.client != "builtin":
+            words += ["--client", self.client]
         words += ["--out", str(self.out)]
         return shlex.join(words)
 
@@ -227,6 +231,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="extra `imgzoo serve` argument (repeat; e.g. --server-arg=--max-batch-size=64)",
     )
     add(
+        "--client",
+        choices=CLIENTS,
+        default="builtin",
+        help="load generator: builtin (a Python asyncio client in its own process, rotating "
+        "the images) or hey (issue 7's Go client, one image; needs the hey binary)",
+    )
+    add(
         "--timeout-s",
         type=float,
         default=30.0,
@@ -313,7 +324,12 @@ def resolve(args: argparse.Namespace) -> Options:
         timeout_s=args.timeout_s,
         out=args.out,
         quick=quick,
+        client=args.client,
     )
+    if options.client == "hey":
+        from service.bench.serve_hey import check_hey
+
+        check_hey()
     checks = [
         (options.image_count >= 1, f"--image-count must be at least 1, got {options.image_count}"),
         (
@@ -487,9 +503,7 @@ def _spec(
     )
 
 
-def _measure(
-    load: LoadGenerator, spec: LoadSpec, workload: Workload
-) -> tuple[PointSummary, str | None]:
+def _measure(load: Load, spec: LoadSpec, workload: Workload) -> tuple[PointSummary, str | None]:
     """One measurement: its summary, and why its 2xx answer is not a prediction (or None)."""
     from service.bench.serve_requests import check_answer
     from service.bench.serve_stats import summarize
@@ -517,7 +531,7 @@ def _line(server: str, key: str, kind: str, p: PointSummary) -> str:
 
 
 def burst_check(
-    load: LoadGenerator, server: Server, key: str, workload: Workload, options: Options
+    load: Load, server: Server, key: str, workload: Workload, options: Options
 ) -> dict[str, Any]:
     """c=1 on the fresh server, a burst at `burst_concurrency`, then c=1 again at once."""
     from service.bench.serve_stats import ratio
@@ -552,7 +566,7 @@ def burst_check(
 
 
 def sweep(
-    load: LoadGenerator, server: Server, key: str, workload: Workload, options: Options
+    load: Load, server: Server, key: str, workload: Workload, options: Options
 ) -> dict[str, Any]:
     """Every concurrency `repeats` times; the median of each figure per concurrency."""
     from service.bench.serve_stats import median_of
@@ -635,7 +649,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _client_description() -> str:
+def _client_description(client: str) -> str:
+    if client == "hey":
+        from service.bench.serve_hey import hey_version
+
+        return f"hey {hey_version()}: one image per request, repeated"
     try:
         return f"asyncio streams on uvloop {importlib.metadata.version('uvloop')}"
     except importlib.metadata.PackageNotFoundError:
@@ -692,6 +710,7 @@ def _workloads(
 def run(options: Options) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-ready report."""
     from service.bench.serve_ceiling import measure_ceiling
+    from service.bench.serve_hey import HeyLoadGenerator
     from service.bench.serve_load import LoadGenerator
     from service.bench.serve_report import ratios, targets
     from service.bench.serve_requests import load_images
@@ -737,7 +756,7 @@ def run(options: Options) -> dict[str, Any]:
                 )
 
         servers: list[dict[str, Any]] = []
-        with LoadGenerator() as load:
+        with HeyLoadGenerator() if options.client == "hey" else LoadGenerator() as load:
             for name in options.servers:
                 servers.append(
                     _bench_server(
@@ -757,7 +776,7 @@ def run(options: Options) -> dict[str, Any]:
         "command": options.command_line(),
         **context,
         "settings": {
-            "client": _client_description(),
+            "client": _client_description(options.client),
             "concurrency": list(options.concurrency),
             "duration_s": options.duration_s,
             "warmup_s": options.warmup_s,
@@ -791,7 +810,7 @@ def _bench_server(
     repository: Path,
     models: list[BenchModel],
     images: ImageSet,
-    load: LoadGenerator,
+    load: Load,
 ) -> dict[str, Any]:
     """Start server `name`, measure every model on it, stop it; its part of the report."""
     from service.bench.serve_report import SERVER_LABELS

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from types import TracebackType
+from typing import Protocol
 
 _HEAD_END = b"\r\n\r\n"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
@@ -186,6 +187,12 @@ def measure(spec: LoadSpec) -> LoadResult:
     except ImportError:
         return asyncio.run(run_load(spec))
     return uvloop.run(run_load(spec))
+
+
+class Load(Protocol):
+    """What the benchmark measures with: this module's `LoadGenerator`, or `hey`."""
+
+    def run(self, spec: LoadSpec) -> LoadResult: ...
 
 
 # --------------------------------------------------------------------------- process
