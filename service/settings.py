@@ -91,11 +91,12 @@ class Settings(BaseSettings):
         ),
     )
     solo_spinning: bool = Field(
-        default=True,
+        default=False,
         description=(
-            "The solo session's threads spin while it runs a batch and stop when it returns: "
-            "a lone request's layers start on every core at once instead of waking sleeping "
-            "threads, and no core is kept busy between requests."
+            "The solo session's threads spin while it runs a batch and stop when it returns, "
+            "so a lone request's layers hand work between cores without waking sleeping "
+            "threads. Off by default: on 2 cores it cost both c=1 and c=32 throughput "
+            "(docs/benchmarks.md); try it where cores outnumber the sessions."
         ),
     )
     intra_op_threads: int = Field(
