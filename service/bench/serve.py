@@ -653,11 +653,12 @@ def _client_description(client: str) -> str:
     if client == "hey":
         from service.bench.serve_hey import hey_version
 
-        return f"hey {hey_version()}: one image per request, repeated"
+        return f"hey {hey_version()}: the first request of the set, repeated"
     try:
-        return f"asyncio streams on uvloop {importlib.metadata.version('uvloop')}"
+        uvloop = importlib.metadata.version("uvloop")
+        return f"asyncio streams on uvloop {uvloop}, rotating through the request set"
     except importlib.metadata.PackageNotFoundError:
-        return "asyncio streams"
+        return "asyncio streams, rotating through the request set"
 
 
 # --------------------------------------------------------------------------- the run

@@ -201,7 +201,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"({settings['client']}), concurrency {settings['concurrency']}, "
         f"{settings['warmup_s']:g} s warm-up then {settings['duration_s']:g} s measured per point, "
         f"median of {settings['repeats']} repeat(s); latencies of 2xx answers, client side. "
-        f"Images: {settings['images']['source']}, {settings['images']['count']} rotated. "
+        f"Images: {settings['images']['source']}, {settings['images']['count']} in the set. "
         f"{report['weights_note']}",
         "",
         "## Ceiling: in-process ONNX Runtime, no HTTP",
