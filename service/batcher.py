@@ -5,7 +5,10 @@ queued, up to `max_batch_size`, stacks the rows into one uint8 array and runs it
 loop. Each caller's future gets its own row of logits.
 
 A worker never waits when nothing else is on its way: an idle session runs a lone image at once,
-and batches form from what queued while the sessions were busy. It waits (at most
+and batches form from what queued while the sessions were busy. A lone image of a model whose
+single-image runs are short (`inline_max_s`) runs on the event loop itself when nothing else is
+queued, arriving or running: the loop has nothing else to do meanwhile, and the two thread
+hand-offs of an executor run cost more than a small network's run takes. It waits (at most
 `max_queue_delay`) only while images it was told about are still arriving — requests admitted
 whose bodies are being read or decoded (`Batcher.arriving`) — so a burst of concurrent requests
 fills one batch instead of several small ones, and a single client pays no window. The policy
@@ -40,6 +43,7 @@ from service.runtime import Logits, UInt8Batch
 logger = logging.getLogger(__name__)
 
 RunBatch = Callable[[UInt8Batch], Awaitable[tuple[Logits, float]]]
+RunBatchSync = Callable[[UInt8Batch], tuple[Logits, float]]
 BatchObserver = Callable[[int], None]
 
 
@@ -81,6 +85,7 @@ class BatcherStats:
 
     images: int = 0
     batches: int = 0
+    inline_batches: int = 0
     failed_batches: int = 0
     expired: int = 0
     rejected: int = 0
@@ -101,8 +106,14 @@ class Batcher:
         timeout_s: float,
         name: str,
         on_batch: BatchObserver | None = None,
+        run_inline: RunBatchSync | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self._run = run
+        self._run_inline = run_inline if inline_max_s > 0 else None
+        self.inline_max_s = inline_max_s
+        # Recent single-image run time (an exponential average); None until one has run.
+        self._lone_run_s: float | None = None
         self._workers_wanted = workers
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -307,6 +318,23 @@ class Batcher:
                 for _ in batch:
                     self._queue.task_done()
 
+    def _runs_inline(self, size: int) -> bool:
+        """Whether a batch of `size` runs on the event loop (see the module docstring).
+
+        Only a lone image whose model's recent single-image runs took at most `inline_max_s`
+        (so the loop is never blocked for long, and the first run of a model, unmeasured,
+        goes to a thread), with no other batch running and nothing queued or on its way.
+        """
+        return (
+            self._run_inline is not None
+            and size == 1
+            and self._running_batches == 0
+            and self._arriving == 0
+            and self._queue.empty()
+            and self._lone_run_s is not None
+            and self._lone_run_s <= self.inline_max_s
+        )
+
     async def _process(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         live: list[_Item] = []
@@ -322,9 +350,13 @@ class Batcher:
             return
         images = np.stack([item.image for item in live])
         size = len(live)
+        run_inline = self._run_inline if self._runs_inline(size) else None
         self._running_batches += 1
         try:
-            logits, seconds = await self._run(images)
+            if run_inline is not None:
+                logits, seconds = run_inline(images)
+            else:
+                logits, seconds = await self._run(images)
             if logits.shape[0] != size:
                 raise RuntimeError(f"a batch of {size} gave {logits.shape[0]} rows")
         except Exception as exc:
@@ -340,7 +372,11 @@ class Batcher:
             self._running_batches -= 1
         self.stats.images += size
         self.stats.batches += 1
+        self.stats.inline_batches += run_inline is not None
         self.stats.inference_seconds += seconds
+        if size == 1:
+            previous = self._lone_run_s
+            self._lone_run_s = seconds if previous is None else 0.8 * previous + 0.2 * seconds
         if self._on_batch is not None:
             self._on_batch(size)
         for row, item in enumerate(live):

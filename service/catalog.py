@@ -36,6 +36,7 @@ def version_info(entry: ModelVersion) -> dict[str, Any]:
             "failed_requests": entry.counters.failed,
             "images": stats.images,
             "batches": stats.batches,
+            "inline_batches": stats.inline_batches,
             "failed_batches": stats.failed_batches,
             "expired_images": stats.expired,
             "rejected_images": stats.rejected,

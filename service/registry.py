@@ -619,6 +619,8 @@ class ModelRegistry:
             timeout_s=batching.timeout_ms / 1000,
             name=name,
             on_batch=self.metrics.batch_observer(candidate.dataset, candidate.model),
+            run_inline=pool.run_sync,
+            inline_max_s=self.settings.inline_run_max_ms / 1000,
         )
         return ModelVersion(
             dataset=candidate.dataset,

@@ -87,6 +87,9 @@ class VersionCounters(_Out):
     failed_requests: int
     images: int
     batches: int
+    inline_batches: int = Field(
+        description="Batches of one image run on the event loop (`inline_run_max_ms`)."
+    )
     failed_batches: int
     expired_images: int
     rejected_images: int

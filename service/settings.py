@@ -129,6 +129,17 @@ class Settings(BaseSettings):
             "(pixels; 4096 = 64 x 64; 0 = always in the decode threads)."
         ),
     )
+    inline_run_max_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description=(
+            "A lone image (nothing else queued, arriving or running for its model) runs on the "
+            "event loop, without the hand-off to an inference thread and back, when the model's "
+            "recent single-image runs took at most this long; the loop is blocked that long, so "
+            "keep it small (milliseconds; 0 = always in the inference threads)."
+        ),
+    )
     max_batch_size: int = Field(
         default=32, ge=1, le=1024, description="Most images one inference batch holds (images)."
     )

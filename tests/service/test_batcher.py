@@ -231,3 +231,90 @@ def test_batches_form_from_what_queued_while_the_session_was_busy() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+class InlineModel:
+    """A synchronous run that records the thread it ran on and reports `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.threads: list[str] = []
+
+    def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return np.repeat(batch[:, 0, 0, :].astype(np.float32), 3, axis=1), self.seconds
+
+
+def _inline_batcher(model: FakeModel, inline: InlineModel, max_s: float) -> Batcher:
+    return Batcher(
+        model,
+        workers=1,
+        max_batch_size=4,
+        max_queue_delay_s=0.01,
+        max_queue_size=100,
+        timeout_s=5.0,
+        name="test",
+        run_inline=inline,
+        inline_max_s=max_s,
+    )
+
+
+def test_a_lone_image_of_a_fast_model_runs_on_the_event_loop_once_measured() -> None:
+    async def main() -> None:
+        model, inline = FakeModel(delay=0.001), InlineModel(seconds=0.001)
+        batcher = _inline_batcher(model, inline, max_s=0.005)
+        batcher.start()
+        # The first lone image is unmeasured: it goes to the threads (the async run).
+        (first,) = await batcher.infer([_image(1)])
+        assert first.logits.tolist() == [1, 1, 1]
+        assert model.batches == [1] and inline.threads == []
+        for value in (2, 3, 4):
+            (row,) = await batcher.infer([_image(value)])
+            assert row.logits.tolist() == [value] * 3
+        assert model.batches == [1]
+        assert inline.threads == ["MainThread"] * 3  # asyncio.run's loop thread
+        assert batcher.stats.inline_batches == 3 and batcher.stats.batches == 4
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_slow_model_or_a_busy_batcher_never_runs_inline() -> None:
+    async def main() -> None:
+        # Single-image runs of 20 ms are over the 5 ms bound: always the threads.
+        slow, slow_inline = FakeModel(delay=0.02), InlineModel(seconds=0.02)
+        batcher = _inline_batcher(slow, slow_inline, max_s=0.005)
+        batcher.start()
+        for value in range(3):
+            await batcher.infer([_image(value)])
+        assert slow.batches == [1, 1, 1] and slow_inline.threads == []
+        await batcher.close()
+
+        # A fast model under concurrent load: the batches that form (more than one image, or
+        # one image while others queue) go to the threads; only lone images may run inline.
+        fast, fast_inline = FakeModel(delay=0.001), InlineModel(seconds=0.001)
+        batcher = _inline_batcher(fast, fast_inline, max_s=0.005)
+        batcher.start()
+        await batcher.infer([_image(0)])  # measured
+        results = await asyncio.gather(*(batcher.infer([_image(i)]) for i in range(12)))
+        assert [int(r.logits[0]) for (r,) in results] == list(range(12))
+        assert sum(fast.batches) + len(fast_inline.threads) == 13
+        assert max(fast.batches) > 1
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_inline_runs_are_off_at_zero() -> None:
+    async def main() -> None:
+        model, inline = FakeModel(), InlineModel(seconds=0.0)
+        batcher = _inline_batcher(model, inline, max_s=0.0)
+        batcher.start()
+        for value in range(3):
+            await batcher.infer([_image(value)])
+        assert model.batches == [1, 1, 1] and inline.threads == []
+        await batcher.close()
+
+    asyncio.run(main())

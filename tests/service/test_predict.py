@@ -17,6 +17,7 @@ from tests.service.conftest import (
     Repository,
     assert_matches,
     offline_probabilities,
+    serve,
 )
 
 MODELS = [("cifar10", "fastnet", 2, CIFAR_LABELS), ("gray", "tiny", 1, GRAY_LABELS)]
@@ -198,3 +199,24 @@ def test_health_readiness_and_docs(server: LiveServer) -> None:
     assert "/predict/{dataset}/{model}" in spec["paths"]
     body = spec["paths"]["/predict/{dataset}/{model}"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "image/*"}
+
+
+def test_lone_images_run_on_the_event_loop_and_answer_as_offline(
+    model_repository: Repository, sample_images: list[bytes]
+) -> None:
+    """A bound no single-image run exceeds: every lone image after the first runs inline."""
+    version_dir = _version_dir(model_repository, "cifar10", "fastnet", 2)
+    with serve(model_repository.root, inline_run_max_ms=1000) as live, live.client() as client:
+        for image in sample_images[:5]:
+            response = client.post(
+                "/predict/cifar10/fastnet", files={"file": ("x.png", image, "image/png")}
+            )
+            assert response.status_code == 200, response.text
+            assert_matches(
+                response.json()["predictions"], offline_probabilities(version_dir, image), 5
+            )
+        models = ModelsResponse.model_validate(client.get("/models").json())
+        (info,) = [m for m in models.models if (m.dataset, m.model) == ("cifar10", "fastnet")]
+        counters = next(v for v in info.versions if v.version == 2).counters
+        # The first image is unmeasured (threads), the next four run inline.
+        assert (counters.batches, counters.inline_batches) == (5, 4)
