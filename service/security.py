@@ -15,7 +15,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
+from starlette.datastructures import Headers
 
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
@@ -62,6 +64,24 @@ def presented_token(bearer: HTTPAuthorizationCredentials | None, api_key: str | 
     if bearer is not None and bearer.credentials:
         return bearer.credentials
     return api_key or None
+
+
+def token_from_headers(headers: Headers) -> str | None:
+    """`presented_token` read straight from the headers, as the two schemes above read them.
+
+    For a route that serves its common case without FastAPI's dependency solving
+    (`service.routers.predict`): it must accept and refuse exactly what the dependencies do.
+    """
+    authorization = headers.get("authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    bearer = credentials if scheme.lower() == "bearer" and credentials else None
+    return bearer or headers.get(API_KEY_HEADER) or None
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """`require_api_key` without the dependency machinery (see `token_from_headers`)."""
+    if settings.api_keys:
+        _check(token_from_headers(request.headers), settings.api_keys, "API key")
 
 
 def matches_any(token: str, secrets: Sequence[SecretStr]) -> bool:

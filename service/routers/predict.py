@@ -1,20 +1,87 @@
-"""`POST /predict/{dataset}/{model}`: classify one or several uploaded images."""
+"""`POST /predict/{dataset}/{model}`: classify one or several uploaded images.
+
+The route is declared as usual (OpenAPI, validation, dependencies), but its common case skips
+FastAPI's per-request dependency solving, which costs more than a fast network's whole run:
+a request whose query string is empty or holds only plain `top_k` / `version` numbers within
+their bounds is served directly, with the same API-key check. Any other request takes FastAPI's
+own handler, so a bad parameter gets FastAPI's validation error, unchanged.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from service.deps import DataPlaneDep
+from service.dataplane import DataPlane
+from service.deps import DataPlaneDep, service_of
 from service.middleware import record_stages, request_id, request_started
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse, PredictResponse
-from service.security import require_api_key
+from service.security import check_api_key, require_api_key
 from service.uploads import FILE_FIELD, read_images
 
-router = APIRouter(tags=["predict"])
+TOP_K_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PlainQuery:
+    top_k: int | None = None
+    version: int | None = None
+
+
+def plain_query(query_string: bytes) -> PlainQuery | None:
+    """The query of the direct path, or None where FastAPI must parse it.
+
+    Only `top_k` and `version`, each at most once, as ASCII digits with no sign, spaces or
+    leading zeros, within their bounds (top_k 1-1000, version >= 1).
+    """
+    if not query_string:
+        return PlainQuery()
+    values: dict[bytes, int] = {}
+    for pair in query_string.split(b"&"):
+        name, sep, raw = pair.partition(b"=")
+        if not sep or name not in (b"top_k", b"version") or name in values:
+            return None
+        if not raw.isdigit() or not raw.isascii() or raw.startswith(b"0") or len(raw) > 9:
+            return None
+        values[name] = int(raw)
+    top_k = values.get(b"top_k")
+    if top_k is not None and top_k > TOP_K_MAX:
+        return None
+    return PlainQuery(top_k=top_k, version=values.get(b"version"))
+
+
+class PredictRoute(APIRoute):
+    """An `APIRoute` whose handler takes the direct path when `plain_query` allows it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        solved = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            query = plain_query(request.scope.get("query_string", b""))
+            if query is None:
+                return await solved(request)
+            service = service_of(request)
+            check_api_key(request, service.settings)
+            params = request.path_params
+            return await classify(
+                request,
+                service.dataplane,
+                params["dataset"],
+                params["model"],
+                top_k=query.top_k,
+                version=query.version,
+            )
+
+        return handler
+
+
+router = APIRouter(tags=["predict"], route_class=PredictRoute)
 
 _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -72,13 +139,26 @@ async def predict(
     plane: DataPlaneDep,
     top_k: Annotated[
         int | None,
-        Query(ge=1, le=1000, description="Predictions per image; above the class count: all."),
+        Query(ge=1, le=TOP_K_MAX, description="Predictions per image; above the class count: all."),
     ] = None,
     version: Annotated[
         int | None, Query(ge=1, description="Model version; the highest when omitted.")
     ] = None,
 ) -> Response:
     """Top-k labels of each image, best first, with per-stage latency."""
+    return await classify(request, plane, dataset, model, top_k=top_k, version=version)
+
+
+async def classify(
+    request: Request,
+    plane: DataPlane,
+    dataset: str,
+    model: str,
+    *,
+    top_k: int | None,
+    version: int | None,
+) -> Response:
+    """The route's work, whichever path parsed the request."""
     with plane.track(dataset, model) as outcome:
         entry = plane.resolve(dataset, model, version)
         with plane.admit(entry) as arrival:

@@ -20,6 +20,11 @@ KEYS = ("key-one-0123456789", "key-two-9876543210")
 ADMIN = "admin-secret-abcdef"
 WRONG = "wrong-token-000000"
 PNG = {"content-type": "image/png"}
+# /predict serves a plain query without FastAPI's dependency solving and anything else with it
+# (service.routers.predict): the key checks must agree on both paths.
+PREDICT_PATHS = pytest.mark.parametrize(
+    "query", ["", "?top_k=2", "?top_k=2&unused=1"], ids=["direct", "direct-query", "solved"]
+)
 
 # Every route that must be protected, and by which token (the v2 routes are discovered too).
 EXPECTED = {
@@ -133,18 +138,23 @@ def test_api_keys_are_not_admin_tokens_and_vice_versa(secured: LiveServer) -> No
         {"Authorization": f"bearer {KEYS[1]}"},
         {"X-API-Key": KEYS[0]},
         {"X-API-Key": KEYS[1]},
+        {"Authorization": f"Basic {WRONG}", "X-API-Key": KEYS[0]},
+        {"Authorization": f"Bearer  {KEYS[0]}"},
     ],
-    ids=["bearer-1", "lowercase-scheme", "x-api-key-1", "x-api-key-2"],
+    ids=["bearer-1", "lowercase-scheme", "x-api-key-1", "x-api-key-2", "basic-then-key", "spaces"],
 )
+@PREDICT_PATHS
 def test_every_key_works_in_either_header(
-    secured: LiveServer, sample_images: list[bytes], headers: dict[str, str]
+    secured: LiveServer, sample_images: list[bytes], headers: dict[str, str], query: str
 ) -> None:
     with secured.client() as client:
         response = client.post(
-            "/predict/gray/tiny", content=sample_images[0], headers={**PNG, **headers}
+            f"/predict/gray/tiny{query}", content=sample_images[0], headers={**PNG, **headers}
         )
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "tiny"
+    if query:
+        assert len(response.json()["predictions"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -156,14 +166,27 @@ def test_every_key_works_in_either_header(
         {"X-API-Key": KEYS[0][:-1]},
         {"X-API-Key": ""},
         {"X-API-Key": "ключ"},
+        {"Authorization": f"Bearer {WRONG}", "X-API-Key": KEYS[0]},
     ],
-    ids=["basic-scheme", "empty-bearer", "longer", "prefix", "empty", "non-ascii"],
+    ids=[
+        "basic-scheme",
+        "empty-bearer",
+        "longer",
+        "prefix",
+        "empty",
+        "non-ascii",
+        "wrong-bearer-first",
+    ],
 )
-def test_near_misses_are_refused(secured: LiveServer, headers: dict[str, str]) -> None:
+@PREDICT_PATHS
+def test_near_misses_are_refused(secured: LiveServer, headers: dict[str, str], query: str) -> None:
     with secured.client() as client:
         encoded = {k: v.encode() for k, v in headers.items()}
-        response = client.post("/predict/gray/tiny", content=b"x", headers={**PNG, **encoded})
+        response = client.post(
+            f"/predict/gray/tiny{query}", content=b"x", headers={**PNG, **encoded}
+        )
     assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
 
 
 def test_open_routes_need_no_token(secured: LiveServer) -> None:
