@@ -95,8 +95,9 @@ class Settings(BaseSettings):
         description=(
             "The solo session's threads spin while it runs a batch and stop when it returns, "
             "so a lone request's layers hand work between cores without waking sleeping "
-            "threads. Off by default: on 2 cores it cost both c=1 and c=32 throughput "
-            "(docs/benchmarks.md); try it where cores outnumber the sessions."
+            "threads. Off by default: on 2 cores it cost c=32 throughput (5-8%), while c=1 "
+            "gained on one host and lost on another (docs/benchmarks.md); try it where cores "
+            "outnumber the sessions."
         ),
     )
     intra_op_threads: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -241,8 +242,6 @@ class InlineModel:
         self.threads: list[str] = []
 
     def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
-        import threading
-
         self.threads.append(threading.current_thread().name)
         return np.repeat(batch[:, 0, 0, :].astype(np.float32), 3, axis=1), self.seconds
 
