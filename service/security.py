@@ -59,11 +59,13 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def presented_token(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str | None:
+def presented_token(bearer: str | None, api_key: str | None) -> str | None:
     """The token a request carries: the bearer credentials first, else `X-API-Key`."""
-    if bearer is not None and bearer.credentials:
-        return bearer.credentials
-    return api_key or None
+    return bearer or api_key or None
+
+
+def _credentials(bearer: Credentials) -> str | None:
+    return bearer.credentials if bearer is not None else None
 
 
 def token_from_headers(headers: Headers) -> str | None:
@@ -74,8 +76,8 @@ def token_from_headers(headers: Headers) -> str | None:
     """
     authorization = headers.get("authorization")
     scheme, credentials = get_authorization_scheme_param(authorization)
-    bearer = credentials if scheme.lower() == "bearer" and credentials else None
-    return bearer or headers.get(API_KEY_HEADER) or None
+    bearer = credentials if scheme.lower() == "bearer" else None
+    return presented_token(bearer, headers.get(API_KEY_HEADER))
 
 
 def check_api_key(request: Request, settings: Settings) -> None:
@@ -112,7 +114,7 @@ async def require_api_key(
     """Prediction routes: open when no API key is configured, else one of the keys."""
     keys = _settings(request).api_keys
     if keys:
-        _check(presented_token(bearer, api_key), keys, "API key")
+        _check(presented_token(_credentials(bearer), api_key), keys, "API key")
 
 
 async def require_admin(
@@ -124,4 +126,4 @@ async def require_admin(
     token = _settings(request).admin_token
     if token is None:
         raise Forbidden("management routes are disabled: the service has no admin token")
-    _check(presented_token(bearer, api_key), [token], "admin token")
+    _check(presented_token(_credentials(bearer), api_key), [token], "admin token")

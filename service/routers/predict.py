@@ -47,7 +47,7 @@ def plain_query(query_string: bytes) -> PlainQuery | None:
         name, sep, raw = pair.partition(b"=")
         if not sep or name not in (b"top_k", b"version") or name in values:
             return None
-        if not raw.isdigit() or not raw.isascii() or raw.startswith(b"0") or len(raw) > 9:
+        if not raw.isdigit() or raw.startswith(b"0") or len(raw) > 9:
             return None
         values[name] = int(raw)
     top_k = values.get(b"top_k")

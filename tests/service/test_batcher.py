@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
+from service.batcher import Batcher, RunBatchSync
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
 from service.runtime import Logits, UInt8Batch
 
@@ -35,7 +35,13 @@ class FakeModel:
         return logits, self.delay
 
 
-def _batcher(model: FakeModel, **kwargs: float) -> Batcher:
+def _batcher(
+    model: FakeModel,
+    *,
+    run_inline: RunBatchSync | None = None,
+    inline_max_s: float = 0.0,
+    **kwargs: float,
+) -> Batcher:
     options: dict[str, float] = {
         "workers": 1,
         "max_batch_size": 4,
@@ -52,6 +58,8 @@ def _batcher(model: FakeModel, **kwargs: float) -> Batcher:
         max_queue_size=int(options["max_queue_size"]),
         timeout_s=options["timeout_s"],
         name="test",
+        run_inline=run_inline,
+        inline_max_s=inline_max_s,
     )
 
 
@@ -246,24 +254,10 @@ class InlineModel:
         return np.repeat(batch[:, 0, 0, :].astype(np.float32), 3, axis=1), self.seconds
 
 
-def _inline_batcher(model: FakeModel, inline: InlineModel, max_s: float) -> Batcher:
-    return Batcher(
-        model,
-        workers=1,
-        max_batch_size=4,
-        max_queue_delay_s=0.01,
-        max_queue_size=100,
-        timeout_s=5.0,
-        name="test",
-        run_inline=inline,
-        inline_max_s=max_s,
-    )
-
-
 def test_a_lone_image_of_a_fast_model_runs_on_the_event_loop_once_measured() -> None:
     async def main() -> None:
         model, inline = FakeModel(delay=0.001), InlineModel(seconds=0.001)
-        batcher = _inline_batcher(model, inline, max_s=0.005)
+        batcher = _batcher(model, run_inline=inline, inline_max_s=0.005)
         batcher.start()
         # The first lone image is unmeasured: it goes to the threads (the async run).
         (first,) = await batcher.infer([_image(1)])
@@ -284,7 +278,7 @@ def test_a_slow_model_or_a_busy_batcher_never_runs_inline() -> None:
     async def main() -> None:
         # Single-image runs of 20 ms are over the 5 ms bound: always the threads.
         slow, slow_inline = FakeModel(delay=0.02), InlineModel(seconds=0.02)
-        batcher = _inline_batcher(slow, slow_inline, max_s=0.005)
+        batcher = _batcher(slow, run_inline=slow_inline, inline_max_s=0.005)
         batcher.start()
         for value in range(3):
             await batcher.infer([_image(value)])
@@ -294,7 +288,7 @@ def test_a_slow_model_or_a_busy_batcher_never_runs_inline() -> None:
         # A fast model under concurrent load: the batches that form (more than one image, or
         # one image while others queue) go to the threads; only lone images may run inline.
         fast, fast_inline = FakeModel(delay=0.001), InlineModel(seconds=0.001)
-        batcher = _inline_batcher(fast, fast_inline, max_s=0.005)
+        batcher = _batcher(fast, run_inline=fast_inline, inline_max_s=0.005)
         batcher.start()
         await batcher.infer([_image(0)])  # measured
         results = await asyncio.gather(*(batcher.infer([_image(i)]) for i in range(12)))
@@ -309,7 +303,7 @@ def test_a_slow_model_or_a_busy_batcher_never_runs_inline() -> None:
 def test_inline_runs_are_off_at_zero() -> None:
     async def main() -> None:
         model, inline = FakeModel(), InlineModel(seconds=0.0)
-        batcher = _inline_batcher(model, inline, max_s=0.0)
+        batcher = _batcher(model, run_inline=inline, inline_max_s=0.0)
         batcher.start()
         for value in range(3):
             await batcher.infer([_image(value)])
