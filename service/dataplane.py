@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batcher import Arrival, RowResult
-from service.errors import ServiceError, ShuttingDown
+from service.errors import ModelNotReady, ServiceError, ShuttingDown
 from service.imaging import DecodeLimits, decode_image, png_header_pixels
 from service.metrics import UNKNOWN, ServiceMetrics
 from service.registry import ModelRegistry, ModelVersion
@@ -155,19 +155,17 @@ class DataPlane:
         top_k: int | None,
         request_id: str,
         started: float,
+        pinned: bool,
         arrival: Arrival | None = None,
     ) -> PredictResult:
         """Decode, batch, run and rank `images` with one loaded model version.
 
         The version is leased for the whole call, so a hot reload retiring it waits until
         this request has its answer; a version retired since it was resolved is swapped
-        for its replacement (`ModelRegistry.current`).
+        for its replacement (`ModelRegistry.current`; `pinned` when the request named
+        its version number).
         """
-        current = self.registry.current(entry)
-        if current is not entry and arrival is not None:
-            arrival.done()  # announced to the retired version's batcher, not to this one
-            arrival = None
-        entry = current
+        entry, arrival = self._follow(entry, arrival, pinned=pinned)
         with entry.lease():
             k = min(top_k or self.settings.default_top_k, entry.manifest.num_classes)
             entry.counters.requests += 1
@@ -212,16 +210,23 @@ class DataPlane:
         entry: ModelVersion,
         arrays: Sequence[npt.NDArray[np.uint8]],
         arrival: Arrival | None = None,
+        *,
+        pinned: bool,
     ) -> tuple[ModelVersion, list[RowResult]]:
         """Run already-decoded images (each H, W, C uint8) through a version's batcher.
 
         Leased like `predict`, so a hot reload never closes the batcher under the request;
         returns the version that really ran them (the replacement when `entry` was retired).
+        The images were checked against `entry`'s input: a replacement that takes another
+        input answers 503 `model_not_ready` (retry) rather than failing the whole batch.
         """
-        current = self.registry.current(entry)
-        if current is not entry and arrival is not None:
-            arrival.done()
-            arrival = None
+        current, arrival = self._follow(entry, arrival, pinned=pinned)
+        if current is not entry and current.manifest.input != entry.manifest.input:
+            raise ModelNotReady(
+                f"{current.dataset}/{current.model} was replaced by version {current.version}, "
+                "which takes another input, while this request waited; retry it",
+                headers={"Retry-After": "1"},
+            )
         entry = current
         with entry.lease():
             entry.counters.requests += 1
@@ -230,6 +235,16 @@ class DataPlane:
             except BaseException:
                 entry.counters.failed += 1
                 raise
+
+    def _follow(
+        self, entry: ModelVersion, arrival: Arrival | None, *, pinned: bool
+    ) -> tuple[ModelVersion, Arrival | None]:
+        """The version to run on now (`ModelRegistry.current`) and the arrival still valid."""
+        current = self.registry.current(entry, pinned=pinned)
+        if current is not entry and arrival is not None:
+            arrival.done()  # announced to the retired version's batcher, not to this one
+            arrival = None
+        return current, arrival
 
     async def decode_all(
         self, entry: ModelVersion, images: Sequence[bytes]

@@ -674,15 +674,17 @@ class ModelRegistry:
             raise ModelNotReady(f"{dataset}/{model} version {entry.version} is not ready yet")
         return entry
 
-    def current(self, entry: ModelVersion) -> ModelVersion:
-        """`entry` while it serves; once a reload retired it, the version now serving its number.
+    def current(self, entry: ModelVersion, *, pinned: bool) -> ModelVersion:
+        """`entry` while it serves; once a reload retired it, what the request asked for now.
 
         A request that resolved its version just before a swap runs on the replacement
-        (the same number, newer files) instead of failing; when the number is gone, 404.
+        instead of failing: for a `pinned` version number, the version now serving that
+        number (the same number, newer files; 404 when the number is gone); for a request
+        that asked for the latest version, the latest one now.
         """
         if not entry.retired:
             return entry
-        return self.resolve(entry.dataset, entry.model, entry.version)
+        return self.resolve(entry.dataset, entry.model, entry.version if pinned else None)
 
     def failures_of(self, dataset: str, model: str) -> list[LoadFailure]:
         return [f for f in self.failures if f.dataset == dataset and f.model == model]

@@ -169,6 +169,7 @@ async def classify(
                 top_k=top_k,
                 request_id=request_id(request),
                 started=request_started(request),
+                pinned=version is not None,
                 arrival=arrival,
             )
         outcome.stages = result.stages

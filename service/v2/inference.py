@@ -85,12 +85,14 @@ async def run(
     outputs: Sequence[OutputRequest],
     *,
     started: float,
+    pinned: bool,
     arrival: Arrival | None = None,
 ) -> InferenceResult:
     """Queue the images on the version's batcher and shape its logits into `outputs`.
 
     The data plane leases the version while its batcher works (hot reload waits for it);
-    the answer names the version that really ran, the replacement when `entry` was retired.
+    the answer names the version that really ran, the replacement when `entry` was retired
+    (`pinned`: the request named its version number).
     """
     decode_start = perf_counter()
     if images.pixels is not None:
@@ -100,7 +102,7 @@ async def run(
         # The /predict decoding path: its thread pool, limits, conversion and resizing.
         arrays = await plane.decode_all(entry, images.encoded or [])
     decode_s = perf_counter() - decode_start
-    entry, rows = await plane.infer(entry, arrays, arrival)
+    entry, rows = await plane.infer(entry, arrays, arrival, pinned=pinned)
     logits = np.stack([row.logits for row in rows]).astype(np.float32, copy=False)
     labels = entry.manifest.labels
     tensors = [_output(logits, labels, wanted) for wanted in outputs]

@@ -225,7 +225,13 @@ async def _infer(
                 settings.max_images_per_request,
             )
             result = await run(
-                plane, entry, images, outputs, started=request_started(request), arrival=arrival
+                plane,
+                entry,
+                images,
+                outputs,
+                started=request_started(request),
+                pinned=version_text is not None,
+                arrival=arrival,
             )
         outcome.stages = result.stages
     record_stages(request, result.stages)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -10,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgzoo.manifest import MANIFEST_FILENAME, ONNX_FILENAME
+from service.core import Service
+from service.errors import ModelNotReady, VersionNotFound
 from service.schemas import ModelsResponse, ReloadResponse
+from service.settings import Settings
 from tests.service.conftest import (
     Controls,
     Repository,
@@ -211,7 +216,7 @@ def test_load_and_unload_a_model(
 def test_no_request_is_lost_across_swaps_under_concurrent_load(
     repo: Path, model_repository: Repository, sample_images: list[bytes]
 ) -> None:
-    """200 requests from 16 clients while three reloads swap versions: all answer, all match."""
+    """1,000 requests from 16 clients while three reloads swap versions: all answer, all match."""
     images = sample_images[:8]
     references = [offline_probabilities(model_repository.gray, image) for image in images]
     controls = Controls()
@@ -275,6 +280,79 @@ def test_no_request_is_lost_across_swaps_under_concurrent_load(
         assert_matches(body["predictions"], references[image], 5)
     assert served == {1, 2}  # both versions really answered during the run
     assert counters == {1: counters[1]}  # only v1 remains, retired ones are gone
+
+
+def test_a_request_resolved_before_its_version_left_follows_what_it_asked_for(
+    repo: Path, model_repository: Repository, sample_images: list[bytes]
+) -> None:
+    """The race behind a lost request: a request resolves the latest version, a reload
+    removes that version, then the request runs. Asked for "the latest", it runs on the
+    latest one now; asked for that version number, it gets 404 (the number is gone)."""
+    image = sample_images[0]
+    reference = offline_probabilities(model_repository.gray, image)
+    copy_version(repo, model_repository.gray, version=2)
+    settings = Settings(repository=repo, providers="cpu", intra_op_threads=1, decode_threads=1)
+
+    async def scenario() -> tuple[int, dict[str, Any], str]:
+        service = Service(settings)
+        await service.start()
+        try:
+            plane = service.dataplane
+            latest = plane.resolve("gray", "tiny", None)
+            pinned = plane.resolve("gray", "tiny", 2)
+            assert latest.version == pinned.version == 2
+            shutil.rmtree(repo / "gray" / "tiny" / "2")
+            assert (await service.registry.reload()).removed == ["gray/tiny/2"]
+            assert latest.retired
+            follows = await plane.predict(
+                latest, [image], top_k=5, request_id="r1", started=0.0, pinned=False
+            )
+            with pytest.raises(VersionNotFound) as refused:
+                await plane.predict(
+                    pinned, [image], top_k=5, request_id="r2", started=0.0, pinned=True
+                )
+            return follows.body["version"], follows.body, refused.value.message
+        finally:
+            await service.stop()
+
+    version, body, message = asyncio.run(scenario())
+    assert version == 1
+    assert_matches(body["predictions"], reference, 5)
+    assert message == "gray/tiny has no version 2"
+
+
+def test_pixels_checked_for_a_version_that_left_are_not_run_on_another_input(
+    repo: Path, model_repository: Repository
+) -> None:
+    """/v2 checks raw pixels against the version it resolved. When that version leaves
+    and the latest one now takes another input, the request gets a retryable 503 instead
+    of reaching (and failing) a batch of the other version."""
+    copy_version(repo, model_repository.fastnet, dataset="gray", model="tiny", version=2)
+    settings = Settings(repository=repo, providers="cpu", intra_op_threads=1, decode_threads=1)
+
+    async def scenario() -> tuple[tuple[int, ...], ModelNotReady, int]:
+        service = Service(settings)
+        await service.start()
+        try:
+            plane = service.dataplane
+            latest = plane.resolve("gray", "tiny", None)
+            spec = latest.manifest.input
+            pixels = np.zeros((spec.height, spec.width, spec.channels), dtype=np.uint8)
+            shutil.rmtree(repo / "gray" / "tiny" / "2")
+            assert (await service.registry.reload()).removed == ["gray/tiny/2"]
+            with pytest.raises(ModelNotReady) as refused:
+                await plane.infer(latest, [pixels], pinned=False)
+            now = plane.resolve("gray", "tiny", None)
+            return pixels.shape, refused.value, now.batcher.queue_depth
+        finally:
+            await service.stop()
+
+    shape, refused, queued = asyncio.run(scenario())
+    assert shape == (32, 32, 3)  # the 3-channel 32x32 input of version 2, not v1's 24x20x1
+    assert refused.status_code == 503
+    assert refused.headers == {"Retry-After": "1"}
+    assert refused.message.startswith("gray/tiny was replaced by version 1, which takes another")
+    assert queued == 0
 
 
 def client_counters(client: httpx.Client) -> dict[int, int]:
