@@ -37,7 +37,7 @@ from export.parity import (
 from export.parity_images import ParityImages, load_parity_images
 from export.repository import check_target, write_version
 from export.torchscript_export import export_torchscript
-from export.wrapper import build_wrapper
+from export.wrapper import wrapper_for
 from imgzoo.manifest import (
     ONNX_FILENAME,
     ONNX_FP16_FILENAME,
@@ -133,7 +133,7 @@ def _export_onnx_file(
 def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
     """Write every file of the version into `staging`, check parity, return the manifest."""
     info = job.checkpoint.data
-    wrapper = build_wrapper(job.network, info.mean, info.std)
+    wrapper = wrapper_for(job.network, info)
     sample = _sample(job.parity.images)
     opset, simplification = _export_onnx_file(job, wrapper, sample, staging / ONNX_FILENAME, step)
     simplifications = [f"{ONNX_FILENAME}: {simplification.description}"]
@@ -149,7 +149,7 @@ def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
         ),
     ]
     if job.fp16:
-        half = build_wrapper(job.network, info.mean, info.std, half=True)
+        half = wrapper_for(job.network, info, half=True)
         path16 = staging / ONNX_FP16_FILENAME
         _, simplification16 = _export_onnx_file(job, half, sample, path16, step)
         simplifications.append(f"{ONNX_FP16_FILENAME}: {simplification16.description}")

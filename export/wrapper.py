@@ -1,8 +1,9 @@
 """The exported signature: uint8 NHWC `image` in, float32 `logits` out.
 
-`NHWCToNCHW -> Normalize -> network` in one module, so the float conversion and mean / std
-normalisation are part of the graph and serving cannot feed the network differently from
-training. The same wrapper is traced to TorchScript and exported to ONNX.
+`NHWCToNCHW -> InputPreprocess -> network` in one module, so the float conversion, the chroma
+low-pass (when the model has one) and mean / std normalisation are part of the graph and serving
+cannot feed the network differently from training. The same wrapper is traced to TorchScript
+and exported to ONNX.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.preprocess import NHWCToNCHW, Normalize
+from models.preprocess import InputPreprocess, NHWCToNCHW
+from training.checkpoint import DataInfo
 
 
 class ExportWrapper(nn.Module):
@@ -31,15 +33,16 @@ class ExportWrapper(nn.Module):
         std: Sequence[float],
         *,
         compute_dtype: torch.dtype = torch.float32,
+        chroma_subsampling: int = 1,
     ) -> None:
         super().__init__()
         self.to_nchw = NHWCToNCHW()
-        self.normalize = Normalize(mean, std)
+        self.preprocess = InputPreprocess(mean, std, chroma_subsampling=chroma_subsampling)
         self.network = network
         self.compute_dtype = compute_dtype
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(self.to_nchw(image))
+        x = self.preprocess(self.to_nchw(image))
         if self.compute_dtype != torch.float32:
             x = x.to(self.compute_dtype)
         logits: torch.Tensor = self.network(x)
@@ -54,11 +57,23 @@ def build_wrapper(
     std: Sequence[float],
     *,
     half: bool = False,
+    chroma_subsampling: int = 1,
 ) -> ExportWrapper:
     """An eval-mode wrapper; `half` wraps an fp16 copy of the network (the original stays)."""
     if half:
         network = copy.deepcopy(network).half()
     wrapper = ExportWrapper(
-        network, mean, std, compute_dtype=torch.float16 if half else torch.float32
+        network,
+        mean,
+        std,
+        compute_dtype=torch.float16 if half else torch.float32,
+        chroma_subsampling=chroma_subsampling,
     )
     return wrapper.eval()
+
+
+def wrapper_for(network: nn.Module, info: DataInfo, *, half: bool = False) -> ExportWrapper:
+    """`build_wrapper` with the input preparation a checkpoint records (`DataInfo`)."""
+    return build_wrapper(
+        network, info.mean, info.std, half=half, chroma_subsampling=info.chroma_subsampling
+    )

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -53,6 +53,9 @@ letterbox: resize the longer side to the target, pad the rest with the fill valu
 """
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box"]
+
+RESIZE_POLICIES: Final[tuple[str, ...]] = get_args(ResizePolicy)
+INTERPOLATIONS: Final[tuple[str, ...]] = get_args(Interpolation)
 
 
 class ManifestError(UserError):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.preprocess import Normalize
+from models.preprocess import InputPreprocess
 from training.augment import augment_batch
 
 # Per data set: (channels, input size, classes) of its native input.
@@ -70,7 +70,7 @@ def _train_step_time(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    normalize: Normalize,
+    preprocess: InputPreprocess,
     *,
     steps: int,
     warmup: int,
@@ -84,7 +84,7 @@ def _train_step_time(
     model.train()
 
     def step() -> None:
-        x = normalize(
+        x = preprocess(
             augment_batch(images, crop_padding=2, flip=True, cutout_size=0, generator=generator)
         )
         if channels_last:
@@ -146,12 +146,12 @@ def benchmark_training(
             0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=gen
         ).to(dev)
         labels = torch.randint(0, classes, (batch,), generator=gen).to(dev)
-        normalize = Normalize([0.5] * channels, [0.25] * channels).to(dev)
+        preprocess = InputPreprocess([0.5] * channels, [0.25] * channels).to(dev)
         seconds = _train_step_time(
             model,
             images,
             labels,
-            normalize,
+            preprocess,
             steps=steps,
             warmup=warmup,
             amp=amp_dtype,

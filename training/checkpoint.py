@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from imgzoo.errors import UserError
+from models.preprocess import InputPreprocess
 
 CHECKPOINT_FORMAT = "imgzoo-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -36,7 +37,8 @@ class CheckpointError(UserError):
 class DataInfo:
     """What the network was trained on, and how its input is prepared.
 
-    mean / std are per channel in [0, 1] units; the exported graph applies them.
+    mean / std are per channel in [0, 1] units; the exported graph applies them, and the
+    chroma low-pass of `chroma_subsampling` (`models.preprocess.InputPreprocess`) before them.
     """
 
     dataset: str
@@ -51,6 +53,11 @@ class DataInfo:
     interpolation: str = "bilinear"
     val_fraction: float = 0.1
     split_seed: int = 0
+    chroma_subsampling: int = 1
+
+    def input_preprocess(self) -> InputPreprocess:
+        """uint8 NCHW -> the network's input, as in training and in the exported graph."""
+        return InputPreprocess(self.mean, self.std, chroma_subsampling=self.chroma_subsampling)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -347,7 +347,6 @@ def _register_evaluate(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from models.preprocess import Normalize
     from training.checkpoint import load_checkpoint
     from training.distributed import resolve_device
     from training.eval_inputs import folder_images, split_images
@@ -376,7 +375,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         images,
         labels,
         ckpt.data.labels,
-        Normalize(ckpt.data.mean, ckpt.data.std),
+        ckpt.data.input_preprocess(),
         batch_size=args.batch_size,
         device=device,
     )

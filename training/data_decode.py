@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Final, get_args
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from imgzoo.manifest import InputSpec, Interpolation, ResizePolicy
+from imgzoo.manifest import InputSpec
 from service.errors import ServiceError
 from service.imaging import DecodeLimits, decode_into
 
-RESIZE_POLICIES: Final[tuple[str, ...]] = get_args(ResizePolicy)
-INTERPOLATIONS: Final[tuple[str, ...]] = get_args(Interpolation)
 # What a bad file raises: the service's 4xx errors (not an image, corrupt, too large, a format
 # the service cannot take), or OSError when the file itself cannot be read.
 DECODE_ERRORS: Final = (ServiceError, OSError)

@@ -20,13 +20,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from imgzoo.manifest import INTERPOLATIONS, RESIZE_POLICIES
 from training.cache import CachedSplit, SplitCache, cache_key
 from training.checkpoint import DataInfo
 from training.data_cifar import download_cifar10, find_batches_dir, read_batches
 from training.data_decode import (
     DECODE_ERRORS,
-    INTERPOLATIONS,
-    RESIZE_POLICIES,
     conform_array,
     input_spec,
     probe_size,

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.preprocess import Normalize
+from models.preprocess import InputPreprocess
 from training import distributed
 from training.augment import alternating_flip_mask, augment_batch
 from training.checkpoint import Checkpoint, DataInfo, load_checkpoint
@@ -206,7 +206,7 @@ def train_one_epoch(
     labels: torch.Tensor,
     *,
     recipe: Recipe,
-    normalize: Normalize,
+    preprocess: InputPreprocess,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
@@ -252,7 +252,7 @@ def train_one_epoch(
             generator=aug_generator,
             flip_mask=flip_mask[idx] if flip_mask is not None else None,
         )
-        x = normalize(batch)
+        x = preprocess(batch)
         if recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]
@@ -309,7 +309,7 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    normalize: Normalize,
+    preprocess: InputPreprocess,
     batch_size: int = 512,
     ctx: DistContext | None = None,
     amp_dtype: torch.dtype | None = None,
@@ -326,7 +326,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for begin in range(0, len(mine), batch_size):
         idx = mine[begin : begin + batch_size].to(device)
-        x = normalize(images[idx])
+        x = preprocess(images[idx])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp_dtype):
@@ -396,7 +396,7 @@ class _Run:
     lookahead: Lookahead | None
     scaler: torch.amp.GradScaler | None
     schedule: Schedule
-    normalize: Normalize
+    preprocess: InputPreprocess
     amp_dtype: torch.dtype | None
     model_kwargs: dict[str, Any]
     state: StepState
@@ -478,6 +478,8 @@ def train(
             channels=recipe.channels,
             val_fraction=recipe.val_fraction,
             split_seed=recipe.split_seed,
+            resize=recipe.resize,
+            interpolation=recipe.interpolation,
             download=download,
             cache_dir=cache_dir,
             limit_per_class=limit_per_class,
@@ -489,7 +491,7 @@ def train(
             recipe,
             ctx=ctx,
             out_dir=out_dir,
-            info=bundle.info,
+            info=_with_input_preparation(bundle.info, recipe),
             train_images=bundle.train.images,
             resumed=resumed,
         )
@@ -498,6 +500,24 @@ def train(
         )
     finally:
         distributed.teardown(ctx)
+
+
+def _with_input_preparation(info: DataInfo, recipe: Recipe) -> DataInfo:
+    """The data's description plus what the recipe adds to the model's input (chroma)."""
+    factor = recipe.chroma_subsampling
+    if factor == 1:
+        return info
+    if info.channels != 3:
+        raise TrainingError(
+            f"recipe {recipe.name!r}: chroma_subsampling needs RGB input; "
+            f"{info.dataset} is loaded with {info.channels} channel(s)"
+        )
+    if info.height % factor or info.width % factor:
+        raise TrainingError(
+            f"recipe {recipe.name!r}: the {info.height}x{info.width} input is not divisible "
+            f"by chroma_subsampling {factor}"
+        )
+    return replace(info, chroma_subsampling=factor)
 
 
 def _setup_run(
@@ -522,14 +542,14 @@ def _setup_run(
     model = get_model(
         recipe.model, weights=recipe.weights if resumed is None else None, **model_kwargs
     )
-    normalize = Normalize(info.mean, info.std).to(device)
+    preprocess = info.input_preprocess().to(device)
     model.to(device)
     if recipe.whiten:
         # Also when resuming: the whitened stem is frozen, and the optimiser's parameter groups
         # must match the saved ones (the weights themselves come from the checkpoint next).
         from models.fastnet import init_whitening
 
-        init_whitening(model, normalize(_whitening_sample(train_images, recipe).to(device)))
+        init_whitening(model, preprocess(_whitening_sample(train_images, recipe).to(device)))
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
@@ -565,7 +585,7 @@ def _setup_run(
         lookahead=lookahead,
         scaler=scaler,
         schedule=schedule,
-        normalize=normalize,
+        preprocess=preprocess,
         amp_dtype=amp_dtype,
         model_kwargs=model_kwargs,
         state=StepState(),
@@ -664,7 +684,7 @@ def _train_loop(
             train_x,
             train_y,
             recipe=recipe,
-            normalize=run.normalize,
+            preprocess=run.preprocess,
             criterion=criterion,
             optimizer=run.optimizer,
             schedule=run.schedule,
@@ -691,7 +711,7 @@ def _train_loop(
             run.eval_model,
             val_x,
             val_y,
-            normalize=run.normalize,
+            preprocess=run.preprocess,
             batch_size=recipe.eval_batch_size,
             ctx=ctx,
             amp_dtype=run.amp_dtype,
@@ -808,7 +828,7 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, f
             images,
             targets,
             labels,
-            run.normalize,
+            run.preprocess,
             batch_size=recipe.eval_batch_size,
             device=device,
             channels_last=recipe.channels_last,

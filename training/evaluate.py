@@ -18,7 +18,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.preprocess import Normalize
+from models.preprocess import InputPreprocess
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
 def predict(
     model: nn.Module,
     images: torch.Tensor,
-    normalize: Normalize,
+    preprocess: InputPreprocess,
     *,
     batch_size: int = 512,
     device: torch.device | None = None,
@@ -154,10 +154,10 @@ def predict(
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    normalize = normalize.to(device)
+    preprocess = preprocess.to(device)
     outputs: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
-        batch = normalize(images[start : start + batch_size].to(device, non_blocking=True))
+        batch = preprocess(images[start : start + batch_size].to(device, non_blocking=True))
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         ctx = (
@@ -178,7 +178,7 @@ def evaluate_model(
     images: torch.Tensor,
     labels: torch.Tensor,
     class_names: Sequence[str],
-    normalize: Normalize,
+    preprocess: InputPreprocess,
     *,
     batch_size: int = 512,
     device: torch.device | None = None,
@@ -189,7 +189,7 @@ def evaluate_model(
     logits = predict(
         model,
         images,
-        normalize,
+        preprocess,
         batch_size=batch_size,
         device=device,
         channels_last=channels_last,

@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from training.lookahead import Lookahead
+from training.muon import Muon
 from training.recipes import Recipe, sgd_hyperparameters
 
 # Normalisation layers' affine weights are scales, not filters: decaying them only fights the
@@ -53,17 +54,23 @@ def split_parameter_kinds(
 def build_optimizer(
     model: nn.Module, recipe: Recipe, *, total_steps: int | None = None
 ) -> tuple[Optimizer, Lookahead | None]:
-    """The recipe's optimiser over up to three groups, each with its `base_lr`.
+    """The recipe's optimiser over up to four groups, each with its `base_lr`.
 
     Groups: weights (decayed); normalisation parameters (lr times `norm_bias_lr_scale`); other
-    biases. The last two are decayed only with `decay_all`, by the same fraction per step as
-    the weights. Returns the inner optimiser (for the schedule and the gradient scaler) and
-    the Lookahead wrapper when the recipe turns it on (`total_steps`, the run's optimiser
-    steps, sets the pace of a ramped Lookahead step size).
+    biases (lr times `bias_lr_scale`). The last two are decayed only with `decay_all`, by the
+    same fraction per step as the weights. With `muon`, convolution filters (4-d weights) form
+    a fourth group that Muon steps at `muon_lr` with `muon_momentum`, undecayed (Muon
+    renormalises them instead); the other groups take SGD steps. Returns the inner optimiser
+    (for the schedule and the gradient scaler) and the Lookahead wrapper when the recipe turns
+    it on (`total_steps`, the run's optimiser steps, sets the pace of a ramped Lookahead step
+    size).
     """
     weights, norm, other = split_parameter_kinds(model)
+    filters = [p for p in weights if p.dim() == 4] if recipe.optimizer == "muon" else []
+    weights = [p for p in weights if p.dim() != 4] if filters else weights
     lr, decay = sgd_hyperparameters(recipe)
     scale = recipe.norm_bias_lr_scale
+    bias_scale = recipe.bias_lr_scale
     groups: list[dict[str, Any]] = [
         {"params": weights, "weight_decay": decay, "base_lr": lr},
         {
@@ -71,7 +78,18 @@ def build_optimizer(
             "weight_decay": decay / scale if recipe.decay_all else 0.0,
             "base_lr": lr * scale,
         },
-        {"params": other, "weight_decay": decay if recipe.decay_all else 0.0, "base_lr": lr},
+        {
+            "params": other,
+            "weight_decay": decay / bias_scale if recipe.decay_all else 0.0,
+            "base_lr": lr * bias_scale,
+        },
+        {
+            "params": filters,
+            "weight_decay": 0.0,
+            "base_lr": recipe.muon_lr,
+            "momentum": recipe.muon_momentum,
+            "orthogonalize": True,
+        },
     ]
     groups = [g for g in groups if g["params"]]
     for group in groups:
@@ -84,6 +102,8 @@ def build_optimizer(
             momentum=recipe.momentum,
             nesterov=recipe.nesterov and recipe.momentum > 0,
         )
+    elif recipe.optimizer == "muon":
+        optimizer = Muon(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     elif recipe.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=lr, betas=(recipe.momentum, recipe.beta2))
     elif recipe.optimizer == "adamw":

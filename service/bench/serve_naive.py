@@ -63,12 +63,12 @@ def torch_predictor(checkpoint: Path) -> Predictor:
     """Eager PyTorch: the checkpoint's network behind the export's uint8 NHWC wrapper."""
     import torch
 
-    from export.wrapper import build_wrapper
+    from export.wrapper import wrapper_for
     from training.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     info = loaded.data
-    model = build_wrapper(loaded.build_model(), info.mean, info.std)
+    model = wrapper_for(loaded.build_model(), info)
 
     def predict(data: bytes) -> list[dict[str, Any]]:
         x = torch.from_numpy(_pixels(data, info.height, info.width, info.channels)).unsqueeze(0)

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from export.wrapper import ExportWrapper, build_wrapper
+from export.wrapper import ExportWrapper, wrapper_for
 from training.checkpoint import Checkpoint, DataInfo
 
 
@@ -77,7 +77,7 @@ def eager_wrapper(checkpoint: Path) -> ExportWrapper:
     from training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    return build_wrapper(ckpt.build_model(), ckpt.data.mean, ckpt.data.std)
+    return wrapper_for(ckpt.build_model(), ckpt.data)
 
 
 def random_images(count: int, size: int, channels: int, seed: int = 7) -> npt.NDArray[np.uint8]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export.api import export_checkpoint
-from export.wrapper import build_wrapper
+from export.wrapper import wrapper_for
 from imgzoo.manifest import ONNX_FILENAME, load_manifest, verify_files
 from training.checkpoint import load_checkpoint
 
@@ -68,7 +68,7 @@ def test_onnxruntime_accuracy_equals_pytorch_on_real_cifar10(
     labels = val.labels.numpy()
     assert len(labels) >= 50
 
-    wrapper = build_wrapper(ckpt.build_model(), ckpt.data.mean, ckpt.data.std)
+    wrapper = wrapper_for(ckpt.build_model(), ckpt.data)
     with torch.inference_mode():
         eager = wrapper(torch.from_numpy(images)).numpy()
     session = ort.InferenceSession(

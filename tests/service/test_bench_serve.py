@@ -187,11 +187,11 @@ def test_repository_model_feeds_the_same_network_to_the_naive_server(
     ).read_bytes()
     assert model.checkpoint is not None and model.no_checkpoint_reason is None
 
-    from export.wrapper import build_wrapper
+    from export.wrapper import wrapper_for
     from training.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model.checkpoint)
-    eager = build_wrapper(checkpoint.build_model(), checkpoint.data.mean, checkpoint.data.std)
+    eager = wrapper_for(checkpoint.build_model(), checkpoint.data)
     batch = np.stack(
         [
             decode_image(i.data, model.manifest.input, DecodeLimits())

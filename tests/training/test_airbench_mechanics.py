@@ -234,7 +234,7 @@ def test_tta_levels_weight_airbench_s_six_views() -> None:
         ({"flip_mode": "sometimes"}, "flip_mode must be one of"),
         ({"keep": "worst"}, "keep must be one of"),
         ({"tta": 3}, "tta must be"),
-        ({"optimizer": "adam"}, "airbench_units applies only to optimizer sgd"),
+        ({"optimizer": "adam"}, "airbench_units applies only to optimizers sgd and muon"),
         ({"norm_bias_lr_scale": 0.0}, "norm_bias_lr_scale must be > 0"),
         ({"lookahead_alpha_power": -1.0}, "lookahead_alpha_power must be >= 0"),
         ({"whiten_bias_epochs": -1}, "whiten_bias_epochs must be >= 0"),

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.preprocess import Normalize
 from tests.training.conftest import tiny_recipe
-from training.checkpoint import load_checkpoint
+from training.checkpoint import DataInfo, load_checkpoint
 from training.datasets import load_data
-from training.engine import METRIC_KEYS, TrainResult, evaluate, train
+from training.engine import (
+    METRIC_KEYS,
+    TrainResult,
+    _with_input_preparation,
+    evaluate,
+    train,
+)
+from training.errors import TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,7 @@ def test_checkpoint_round_trip_gives_the_same_val_accuracy(demo_run: TrainResult
         model,
         bundle.val.images,
         bundle.val.labels,
-        normalize=Normalize(ckpt.data.mean, ckpt.data.std),
+        preprocess=ckpt.data.input_preprocess(),
     )
     assert stats.accuracy == pytest.approx(demo_run.best_val_accuracy, abs=1e-9)
 
@@ -216,3 +223,47 @@ def test_evaluate_command_on_a_folder(
     assert "(40 images)" in out
     assert "accuracy" in out and "macro f1" in out
     _png_size(tmp_path / "confusion_folder.png")
+
+
+def test_chroma_subsampling_is_trained_with_and_recorded(tmp_path: Path) -> None:
+    """The recipe's chroma low-pass is in the checkpoint, and evaluation through it (what the
+    exported graph does) reproduces the training run's validation figures; without it, not.
+    The recipe's resize policy is recorded beside it (the manifest's serving policy)."""
+    result = train(
+        tiny_recipe(epochs=1, chroma_subsampling=2, resize="letterbox", interpolation="lanczos"),
+        data_root=None,
+        out_dir=tmp_path,
+        device="cpu",
+        progress=False,
+        limit_per_class=40,
+    )
+    ckpt = load_checkpoint(result.best_checkpoint)
+    assert ckpt.data.chroma_subsampling == 2
+    assert (ckpt.data.resize, ckpt.data.interpolation) == ("letterbox", "lanczos")
+    assert ckpt.hyperparameters["chroma_subsampling"] == 2
+    bundle = load_data("demo", None, limit_per_class=40, progress=False)
+    model = ckpt.build_model()
+    recorded = evaluate(
+        model, bundle.val.images, bundle.val.labels, preprocess=ckpt.data.input_preprocess()
+    )
+    plain = replace(ckpt.data, chroma_subsampling=1).input_preprocess()
+    without = evaluate(model, bundle.val.images, bundle.val.labels, preprocess=plain)
+    assert recorded.accuracy == pytest.approx(result.best_val_accuracy, abs=1e-9)
+    assert abs(recorded.loss - without.loss) > 1e-4
+
+
+def test_chroma_subsampling_needs_rgb_and_a_divisible_size() -> None:
+    info = load_data("demo", None, limit_per_class=2, progress=False).info
+    recipe = tiny_recipe(chroma_subsampling=2)
+    assert _with_input_preparation(info, recipe).chroma_subsampling == 2
+    with pytest.raises(TrainingError, match="needs RGB input; demo is loaded with 1 channel"):
+        _with_input_preparation(replace(info, channels=1), recipe)
+    with pytest.raises(TrainingError, match="the 30x30 input is not divisible by chroma"):
+        odd = replace(info, height=30, width=30)
+        _with_input_preparation(odd, tiny_recipe(chroma_subsampling=4))
+
+
+def test_checkpoints_from_before_chroma_subsampling_load_without_it() -> None:
+    info = load_data("demo", None, limit_per_class=2, progress=False).info
+    old = {k: v for k, v in info.to_dict().items() if k != "chroma_subsampling"}
+    assert DataInfo.from_dict(old).chroma_subsampling == 1

@@ -65,10 +65,15 @@ def test_override_changes_only_named_fields() -> None:
         ({"flip": 1}, "recipe field 'flip' needs bool"),
         ({"lr": True}, "recipe field 'lr' needs float"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, adamw"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, muon, adam, adamw"),
         ({"amp": "int8"}, "amp must be one of"),
         ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
         ({"model": "resnet18"}, "whiten applies only to model fastnet"),
+        ({"chroma_subsampling": 3}, "chroma_subsampling must be one of 1, 2, 4"),
+        ({"resize": "crop"}, "resize must be one of stretch, center_crop, letterbox"),
+        ({"interpolation": "area"}, "interpolation must be one of nearest, bilinear, bicubic"),
+        ({"chroma_subsampling": 2, "channels": 1}, "chroma_subsampling needs RGB input"),
+        ({"chroma_subsampling": 4, "image_size": 30}, "image_size must be divisible by chroma"),
     ],
 )
 def test_override_errors_are_one_line(changes: dict[str, object], message: str) -> None:

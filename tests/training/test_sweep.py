@@ -73,7 +73,7 @@ def test_bad_grid_options_are_one_line_errors(option: str, message: str) -> None
 
 
 def test_a_grid_value_the_recipe_rejects_fails_before_training() -> None:
-    with pytest.raises(RecipeError, match="optimizer must be one of sgd, adam, adamw"):
+    with pytest.raises(RecipeError, match="optimizer must be one of sgd, muon, adam, adamw"):
         expand(BASE, parse_grid(["optimizer=sgd,rmsprop"]))
     with pytest.raises(RecipeError, match="lr must be > 0"):
         expand(BASE, parse_grid(["lr=0.1,-1"]))
