@@ -9,6 +9,7 @@ a run repeatable; without one, torch's global generator is used.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _randint(
@@ -95,6 +96,42 @@ def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
     return base if epoch % 2 == 1 else ~base
 
 
+def random_affine(
+    images: torch.Tensor,
+    degrees: float,
+    scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Rotate each image by a random angle in [-degrees, degrees] and zoom it by a random
+    factor in [1 - scale, 1 + scale] about its centre (bilinear, reflected at the edges).
+
+    One `grid_sample` for the whole batch; uint8 batches are resampled in float32 and rounded
+    back, so the dtype is kept.
+    """
+    _check_batch(images)
+    if degrees < 0 or not 0 <= scale < 1:
+        raise ValueError(f"need degrees >= 0 and 0 <= scale < 1, got {degrees} and {scale}")
+    n = images.shape[0]
+    if (degrees == 0 and scale == 0) or n == 0:
+        return images.clone()
+    device = images.device
+    angle = torch.deg2rad((2 * _rand(n, generator, device) - 1) * degrees)
+    zoom = 1 + (2 * _rand(n, generator, device) - 1) * scale
+    # affine_grid maps output coordinates to input ones: the inverse transform, so rotate by
+    # -angle and divide by the zoom (a zoom above 1 shows a smaller part of the image).
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, sin, zeros], 1), torch.stack([-sin, cos, zeros], 1)], 1)
+    source = images.float() if not images.is_floating_point() else images
+    grid = F.affine_grid(theta.to(source.dtype), list(source.shape), align_corners=False)
+    out = F.grid_sample(
+        source, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    if images.is_floating_point():
+        return out
+    return out.round_().clamp_(0, 255).to(images.dtype)
+
+
 def cutout(
     images: torch.Tensor, size: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -126,13 +163,18 @@ def augment_batch(
     cutout_size: int,
     generator: torch.Generator | None = None,
     flip_mask: torch.Tensor | None = None,
+    rotate_degrees: float = 0.0,
+    zoom: float = 0.0,
 ) -> torch.Tensor:
-    """Random crop (translate), horizontal flip, then cutout; each step only when enabled.
+    """Random rotation and zoom, crop (translate), horizontal flip, then cutout; each step
+    only when enabled.
 
     With `flip_mask` (bool per image, e.g. from `alternating_flip_mask`) the flip mirrors
     exactly those images instead of drawing at random.
     """
     out = images
+    if rotate_degrees > 0 or zoom > 0:
+        out = random_affine(out, rotate_degrees, zoom, generator)
     if crop_padding > 0:
         out = random_crop(out, crop_padding, generator)
     if flip:

@@ -249,6 +249,8 @@ def train_one_epoch(
             crop_padding=recipe.crop_padding,
             flip=recipe.flip,
             cutout_size=recipe.cutout,
+            rotate_degrees=recipe.rotate,
+            zoom=recipe.zoom,
             generator=aug_generator,
             flip_mask=flip_mask[idx] if flip_mask is not None else None,
         )

@@ -169,6 +169,10 @@ class Recipe:
     is seen both ways in any two consecutive epochs."""
     cutout: int = 0
     """Cutout square side in pixels, zeroed at a random place per image; 0 = off."""
+    rotate: float = 0.0
+    """Random rotation of each image, uniform in [-rotate, rotate] degrees; 0 = off."""
+    zoom: float = 0.0
+    """Random zoom about the centre, uniform in [1 - zoom, 1 + zoom] (a fraction, < 1); 0 = off."""
 
     # --- speed -----------------------------------------------------------------------------
     amp: str = "off"
@@ -234,6 +238,8 @@ class Recipe:
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = off)"),
             (self.crop_padding >= 0, "crop_padding must be >= 0"),
             (self.cutout >= 0, "cutout must be >= 0"),
+            (0 <= self.rotate <= 180, "rotate must be in [0, 180] degrees"),
+            (0 <= self.zoom < 1, "zoom must be in [0, 1)"),
             (self.whiten_images >= 1, "whiten_images must be >= 1"),
             (
                 self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,

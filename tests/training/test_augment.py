@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.augment import augment_batch, cutout, random_crop, random_flip
+from training.augment import augment_batch, cutout, random_affine, random_crop, random_flip
 
 
 def _batch(dtype: torch.dtype, n: int = 16, c: int = 3, h: int = 12, w: int = 10) -> torch.Tensor:
@@ -26,9 +26,12 @@ def _gen(seed: int = 0) -> torch.Generator:
         lambda x, g: random_crop(x, 3, g),
         random_flip,
         lambda x, g: cutout(x, 4, g),
-        lambda x, g: augment_batch(x, crop_padding=2, flip=True, cutout_size=3, generator=g),
+        lambda x, g: random_affine(x, 15.0, 0.2, g),
+        lambda x, g: augment_batch(
+            x, crop_padding=2, flip=True, cutout_size=3, generator=g, rotate_degrees=10, zoom=0.1
+        ),
     ],
-    ids=["crop", "flip", "cutout", "all"],
+    ids=["crop", "flip", "cutout", "affine", "all"],
 )
 def test_shape_dtype_kept_and_input_untouched(op, dtype: torch.dtype) -> None:
     images = _batch(dtype)
@@ -90,6 +93,66 @@ def test_cutout_zeroes_one_square_per_image(size: int) -> None:
     assert torch.equal(out[~zeros], images[~zeros])
 
 
+def _bar_images(n: int, size: int = 33) -> torch.Tensor:
+    """`n` copies of a bright horizontal bar (3 px high, 21 px long) through the centre."""
+    images = torch.zeros(n, 1, size, size)
+    mid = size // 2
+    images[:, :, mid - 1 : mid + 2, mid - 10 : mid + 11] = 200.0
+    return images
+
+
+def _moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the orientation of the bright mass (degrees, counter-clockwise as the image
+    is displayed, y pointing up) and its spread along that axis (pixels, root second moment)."""
+    h, w = images.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    mass = images[:, 0].clamp(min=0)
+    total = mass.sum((1, 2))
+    cy = (mass * ys).sum((1, 2)) / total
+    cx = (mass * xs).sum((1, 2)) / total
+    dx = xs - cx[:, None, None]
+    dy = cy[:, None, None] - ys  # rows grow downwards: flip so the angle reads as displayed
+    mxx = (mass * dx * dx).sum((1, 2)) / total
+    myy = (mass * dy * dy).sum((1, 2)) / total
+    mxy = (mass * dx * dy).sum((1, 2)) / total
+    angle = 0.5 * torch.atan2(2 * mxy, mxx - myy)
+    spread = torch.sqrt(0.5 * (mxx + myy) + torch.sqrt(0.25 * (mxx - myy) ** 2 + mxy**2))
+    return torch.rad2deg(angle), spread
+
+
+def test_affine_rotates_within_the_range_both_ways() -> None:
+    images = _bar_images(64)
+    out = random_affine(images, 20.0, 0.0, _gen(5))
+    angles, spread = _moments(out)
+    _, spread_before = _moments(images)
+    assert angles.abs().max() <= 20.5
+    assert (angles < -10).any() and (angles > 10).any()  # uniform over the range, both signs
+    # A rotation alone keeps the bar's length (bilinear resampling blurs it a little).
+    assert torch.allclose(spread, spread_before, rtol=0.05)
+
+
+def test_affine_zooms_within_the_range_about_the_centre() -> None:
+    images = _bar_images(64)
+    out = random_affine(images, 0.0, 0.25, _gen(6))
+    angles, spread = _moments(out)
+    _, spread_before = _moments(images)
+    ratio = spread / spread_before
+    assert angles.abs().max() < 0.5  # no rotation asked for
+    assert ratio.min() >= 0.75 - 0.03 and ratio.max() <= 1.25 + 0.03
+    assert ratio.min() < 0.85 and ratio.max() > 1.15  # both ways
+    rows = out[:, 0].sum(2)  # the bar stays centred on the middle row
+    centre = (rows * torch.arange(33.0)).sum(1) / rows.sum(1)
+    assert torch.allclose(centre, torch.full_like(centre, 16.0), atol=0.05)
+
+
+def test_affine_on_uint8_is_the_rounded_float_result() -> None:
+    images = _batch(torch.uint8)
+    out_u8 = random_affine(images, 12.0, 0.1, _gen(3))
+    out_f = random_affine(images.float(), 12.0, 0.1, _gen(3))
+    assert torch.equal(out_u8, out_f.round().clamp(0, 255).to(torch.uint8))
+    assert not torch.equal(out_u8, images)
+
+
 def test_same_generator_seed_same_result_and_different_seed_differs() -> None:
     images = _batch(torch.uint8, n=32)
 
@@ -104,6 +167,7 @@ def test_disabled_steps_are_identity() -> None:
     images = _batch(torch.float32)
     out = augment_batch(images, crop_padding=0, flip=False, cutout_size=0, generator=_gen())
     assert torch.equal(out, images)
+    assert torch.equal(random_affine(images, 0.0, 0.0, _gen()), images)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +177,8 @@ def test_disabled_steps_are_identity() -> None:
         (lambda x: random_crop(x, -1), ">= 0"),
         (lambda x: cutout(x, 11), "larger than the image"),
         (lambda x: random_flip(x[0]), "NCHW"),
+        (lambda x: random_affine(x, -1.0, 0.0), "degrees >= 0"),
+        (lambda x: random_affine(x, 0.0, 1.0), "scale < 1"),
     ],
 )
 def test_bad_arguments(call, message: str) -> None:

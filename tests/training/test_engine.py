@@ -267,3 +267,16 @@ def test_checkpoints_from_before_chroma_subsampling_load_without_it() -> None:
     info = load_data("demo", None, limit_per_class=2, progress=False).info
     old = {k: v for k, v in info.to_dict().items() if k != "chroma_subsampling"}
     assert DataInfo.from_dict(old).chroma_subsampling == 1
+
+
+def test_rotation_and_zoom_reach_the_training_batches(tmp_path: Path) -> None:
+    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 8}
+    plain = tiny_recipe(epochs=1)
+    turned = tiny_recipe(epochs=1, rotate=15.0, zoom=0.1)
+    runs = [
+        train(recipe, out_dir=tmp_path / name, **common)  # type: ignore[arg-type]
+        for name, recipe in (("plain", plain), ("again", plain), ("turned", turned))
+    ]
+    a, b, c = (_weights(run.last_checkpoint) for run in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same batches
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the affine step changed them

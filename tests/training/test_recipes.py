@@ -68,6 +68,8 @@ def test_override_changes_only_named_fields() -> None:
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, muon, adam, adamw"),
         ({"amp": "int8"}, "amp must be one of"),
         ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
+        ({"rotate": -5.0}, "rotate must be in [0, 180] degrees"),
+        ({"zoom": 1.0}, "zoom must be in [0, 1)"),
         ({"model": "resnet18"}, "whiten applies only to model fastnet"),
         ({"chroma_subsampling": 3}, "chroma_subsampling must be one of 1, 2, 4"),
         ({"resize": "crop"}, "resize must be one of stretch, center_crop, letterbox"),
