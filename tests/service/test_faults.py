@@ -198,10 +198,13 @@ POISON = 13  # a uniform image of this grey level makes the batch holding it fai
 
 
 class FaultControls:
-    """What the sessions of the serving-faults server do: fail on poison, or be slow."""
+    """What the sessions of the serving-faults server do: fail on poison, be slow, or hold
+    every run until `gate` is set (a test that needs runs in flight at once, however late
+    the requests arrive)."""
 
     def __init__(self) -> None:
         self.delay_s = 0.0
+        self.gate: threading.Event | None = None
         self.poisoned_batches: list[int] = []
         self.lock = threading.Lock()
 
@@ -221,6 +224,9 @@ class FaultySession:
             raise RuntimeError("injected failure on a poisoned batch")
         if self._controls.delay_s:
             time.sleep(self._controls.delay_s)
+        gate = self._controls.gate
+        if gate is not None and not gate.wait(timeout=30):
+            raise RuntimeError("the test never opened the gate")
         return self._inner.run(output_names, input_feed)
 
     def get_providers(self) -> list[str]:
@@ -458,7 +464,9 @@ def test_overload_is_refused_before_the_body_is_read(
         sessions=1,
         warmup=False,
     ) as live:
-        controls.delay_s = 4.0  # two requests fill the version: one running, one queued
+        # Two requests fill the version, one running (held at the gate) and one queued, for as
+        # long as the test needs: a fixed delay lost the race under the whole suite's load.
+        controls.gate = threading.Event()
         with ThreadPoolExecutor(max_workers=2) as pool:
             busy = [pool.submit(_post_all, live, "/predict/gray/tiny", [image])
                     for image in sample_images[:2]]  # fmt: skip
@@ -479,8 +487,9 @@ def test_overload_is_refused_before_the_body_is_read(
                     b"Content-Type: image/png\r\nContent-Length: 50000\r\n\r\n"
                 )
                 reply = sock.recv(65536).decode("latin-1")
+            controls.gate.set()
             answered = [future.result()[0] for future in busy]
-        controls.delay_s = 0.0
+        controls.gate = None
         with live.client() as client:
             after = client.post("/predict/gray/tiny", content=sample_images[2], headers=PNG)
             counters = client.get("/models/gray/tiny").json()["versions"][0]["counters"]
