@@ -1,9 +1,10 @@
 """`export_checkpoint`: a training checkpoint -> the next version in the model repository.
 
-checkpoint -> network -> ExportWrapper (uint8 NHWC -> logits)
-           -> model.onnx (dynamo exporter, checked, simplified where it helps)
-           -> model.ts (traced)            [-> model.fp16.onnx]
-           -> parity vs eager on real images -> manifest.json -> rename into place
+checkpoint(s) -> network [under TTA, in an ensemble] -> ExportWrapper (uint8 NHWC -> logits)
+              -> model.onnx (dynamo exporter, checked, simplified where it helps)
+              -> model.ts (traced)            [-> model.fp16.onnx]
+              -> parity vs eager on real images [-> composite: accuracy of model.onnx on val]
+              -> manifest.json -> rename into place
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import onnxruntime
 import torch
 from tqdm import tqdm
 
+from export.composite import check_members, compose, views_per_image
 from export.errors import ExportError
+from export.graph_accuracy import measure_graph_accuracy
 from export.manifest_builder import build_manifest, git_commit
 from export.onnx_export import DEFAULT_OPSET, Simplification, check_onnx, export_onnx, simplify_onnx
 from export.parity import (
@@ -42,11 +45,15 @@ from imgzoo.manifest import (
     ONNX_FILENAME,
     ONNX_FP16_FILENAME,
     TORCHSCRIPT_FILENAME,
+    Composition,
+    EnsembleMember,
     ExportInfo,
     Manifest,
     ParityResult,
+    sha256_file,
 )
 from training.checkpoint import Checkpoint, load_checkpoint
+from training.evaluate import TTA_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +97,17 @@ class _Progress:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _Member:
+    path: Path
     checkpoint: Checkpoint
     network: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class _Job:
+    members: list[_Member]
+    network: torch.nn.Module  # the members composed: what the graph computes
+    tta: int
     dataset: str
     model: str
     parity: ParityImages
@@ -100,6 +115,17 @@ class _Job:
     fp16: bool
     simplify: bool
     opset: int
+    data_root: Path | None
+    cache_dir: Path | None
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The first member: its data set, labels and input preparation are everyone's."""
+        return self.members[0].checkpoint
+
+    @property
+    def composite(self) -> bool:
+        return self.tta > 0 or len(self.members) > 1
 
 
 def _sample(images: np.ndarray) -> torch.Tensor:
@@ -167,10 +193,19 @@ def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
     )
     require_pass(results)
 
-    step("manifest")
-    model_kwargs = job.checkpoint.model_kwargs
-    from models import count_flops, count_parameters
+    composition, accuracy = None, None
+    if job.composite:
+        step("validation accuracy")
+        measured = measure_graph_accuracy(
+            staging / ONNX_FILENAME, info, data_root=job.data_root, cache_dir=job.cache_dir
+        )
+        composition = _composition(job, measured.images if measured else None)
+        if measured is not None:
+            composition = composition.model_copy(update={"val_source": measured.source})
+            accuracy = measured.accuracy
+            log.info("validation accuracy of the graph: %.2f%%", 100 * accuracy)
 
+    step("manifest")
     return build_manifest(
         job.checkpoint,
         dataset=job.dataset,
@@ -178,12 +213,10 @@ def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
         version=version,
         version_dir=staging,
         filenames=filenames,
-        parameters=count_parameters(job.network),
-        flops=count_flops(
-            job.network,
-            in_channels=int(model_kwargs.get("in_channels", info.channels)),
-            image_size=int(model_kwargs.get("image_size", info.height)),
-        ),
+        parameters=sum(_parameters(m) for m in job.members),
+        flops=sum(_flops(m) for m in job.members) * views_per_image(job.tta, 1),
+        composition=composition,
+        composite_val_accuracy=accuracy,
         export=ExportInfo(
             opset=opset,
             torch_version=torch.__version__,
@@ -197,16 +230,64 @@ def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
     )
 
 
+def _parameters(member: _Member) -> int:
+    from models import count_parameters
+
+    return count_parameters(member.network)
+
+
+def _flops(member: _Member) -> int:
+    from models import count_flops
+
+    info, kwargs = member.checkpoint.data, member.checkpoint.model_kwargs
+    return count_flops(
+        member.network,
+        in_channels=int(kwargs.get("in_channels", info.channels)),
+        image_size=int(kwargs.get("image_size", info.height)),
+    )
+
+
+def _composition(job: _Job, val_images: int | None) -> Composition:
+    members = [
+        EnsembleMember(
+            recipe=m.checkpoint.recipe,
+            architecture=m.checkpoint.architecture,
+            seed=m.checkpoint.seed,
+            epochs=m.checkpoint.epoch,
+            seconds=m.checkpoint.train_seconds,
+            val_accuracy=m.checkpoint.metrics.get("val_accuracy"),
+            checkpoint_sha256=sha256_file(m.path),
+        )
+        for m in job.members
+    ]
+    return Composition(
+        tta=job.tta,
+        views=views_per_image(job.tta, len(members)),
+        combine="mean_log_softmax" if len(members) > 1 else "single",
+        members=members,
+        val_images=val_images,
+    )
+
+
 def _stage_count(job: _Job) -> int:
     files = 2 if job.fp16 else 1
     per_onnx = 3 if job.simplify else 2
     runtimes = 3 if job.fp16 else 2
     sizes = len(effective_batch_sizes(job.batch_sizes, len(job.parity.images)))
-    return files * per_onnx + 1 + sizes * (1 + runtimes) + 1
+    accuracy = 1 if job.composite else 0
+    return files * per_onnx + 1 + sizes * (1 + runtimes) + accuracy + 1
+
+
+def default_model_name(architectures: Sequence[str]) -> str:
+    """The architecture; `<architecture>_x<k>` for an ensemble of one, `ensemble_x<k>` mixed."""
+    if len(architectures) == 1:
+        return architectures[0]
+    kind = architectures[0] if len(set(architectures)) == 1 else "ensemble"
+    return f"{kind}_x{len(architectures)}"
 
 
 def export_checkpoint(
-    checkpoint: Path,
+    checkpoint: Path | Sequence[Path],
     repository: Path,
     *,
     dataset: str | None = None,
@@ -220,10 +301,16 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     cache_dir: Path | None = None,
+    tta: int = 0,
 ) -> ExportResult:
     """Export `checkpoint` as a new version of `<repository>/<dataset>/<model>/`.
 
-    dataset / model default to the checkpoint's data set and architecture. `version` defaults
+    Several checkpoints make one ensemble graph (`export.composite`); `tta` > 0 puts the
+    test-time augmentation of that level into the graph. Such a composite version's
+    validation accuracy is measured on the exported graph when the split can be loaded.
+
+    dataset / model default to the checkpoint's data set and architecture (`<arch>_x<k>`
+    for an ensemble of k). `version` defaults
     to the next free number; an explicit one must not exist. Parity runs on `parity_images`
     images of the data set's validation split (root from `data_root` or the checkpoint), else
     on the embedded demo images, at `batch_sizes`. `cache_dir` caches decoded data sets.
@@ -232,17 +319,41 @@ def export_checkpoint(
     if parity_images < 1:
         raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
     effective_batch_sizes(batch_sizes, parity_images)  # validates before any work
-    ckpt = load_checkpoint(checkpoint)
+    if tta not in TTA_VIEWS:
+        raise ExportError(f"--tta must be one of {sorted(TTA_VIEWS)}, got {tta}")
+    paths = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
+    if not paths:
+        raise ExportError("no checkpoint to export")
+    if len(set(paths)) != len(paths):
+        raise ExportError("the same checkpoint is named twice: an ensemble needs distinct ones")
+    checkpoints = [load_checkpoint(p) for p in paths]
+    check_members(checkpoints, [str(p) for p in paths])
+    ckpt = checkpoints[0]
     dataset = dataset if dataset is not None else ckpt.data.dataset
-    model = model if model is not None else ckpt.architecture
+    if model is None:
+        model = default_model_name([c.architecture for c in checkpoints])
     # Names, repository and version are checked before the minutes of export work.
     check_target(repository, dataset, model, version)
-    network = ckpt.build_model()
+    members = [_Member(p, c, c.build_model()) for p, c in zip(paths, checkpoints, strict=True)]
+    network = compose([m.network for m in members], tta)
     images = load_parity_images(
         ckpt.data, parity_images, data_root=data_root, cache_dir=cache_dir, progress=progress
     )
     log.info("parity images: %d from %s", len(images.images), images.source)
-    job = _Job(ckpt, network, dataset, model, images, batch_sizes, fp16, simplify, opset)
+    job = _Job(
+        members,
+        network,
+        tta,
+        dataset,
+        model,
+        images,
+        batch_sizes,
+        fp16,
+        simplify,
+        opset,
+        data_root,
+        cache_dir,
+    )
     step = _Progress(_stage_count(job), progress)
     try:
         version_dir, manifest = write_version(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from export.repository import RepositoryEntry
+    from imgzoo.manifest import Manifest
 
 DEFAULT_REPOSITORY = Path("model_repository")
 
@@ -44,14 +45,36 @@ def _register_export(subparsers: argparse._SubParsersAction[Any]) -> None:
             "TorchScript against PyTorch on real images. Nothing is written if a check fails."
         ),
     )
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file written by `imgzoo train`")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help=(
+            "checkpoint file written by `imgzoo train`; several make one ensemble graph "
+            "(mean of their log-probabilities; same data set, split and input)"
+        ),
+    )
     parser.add_argument(
         "--repository", type=Path, required=True, metavar="DIR", help="model repository"
     )
     parser.add_argument(
         "--dataset", help="data set name in the repository (default: the checkpoint's)"
     )
-    parser.add_argument("--model", help="model name in the repository (default: the architecture)")
+    parser.add_argument(
+        "--model",
+        help="model name in the repository (default: the architecture; <arch>_x<k> for k networks)",
+    )
+    parser.add_argument(
+        "--tta",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help=(
+            "test-time augmentation inside the graph, as the recipes measure it: 1 averages "
+            "the image and its mirror (2 passes), 2 adds 1 px shifts (6 passes); 0: none. "
+            "With --tta or several checkpoints the graph's validation accuracy is measured"
+        ),
+    )
     parser.add_argument(
         "--version",
         type=_positive_int,
@@ -102,10 +125,13 @@ def _run_export(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         opset=args.opset if args.opset is not None else DEFAULT_OPSET,
         cache_dir=default_cache_dir(),
+        tta=args.tta,
     )
     manifest = result.manifest
     name = f"{manifest.dataset}/{manifest.model}"
     print(f"wrote {name} version {manifest.version}: {result.version_dir}")
+    if manifest.composition is not None:
+        print(f"  graph  {describe_composition(manifest)}")
     for parity in manifest.export.parity:
         print(f"  parity {describe(parity)}")
         print(f"         on {parity.image_source}")
@@ -116,6 +142,24 @@ def _run_export(args: argparse.Namespace) -> int:
     if manifest.export.simplification:
         print(f"  simplification  {manifest.export.simplification}")
     return 0
+
+
+def describe_composition(manifest: Manifest) -> str:
+    """One line: members, TTA, passes per image and the accuracy measured on the graph."""
+    composition = manifest.composition
+    if composition is None:
+        return "one network"
+    members = len(composition.members)
+    what = f"{members} networks" if members > 1 else "1 network"
+    text = f"{what}, tta={composition.tta}, {composition.views} passes an image"
+    if manifest.metrics.val_accuracy is not None and composition.val_images:
+        text += (
+            f"; validation accuracy {manifest.metrics.val_accuracy:.2%} on "
+            f"{composition.val_images} images of the {composition.val_source}"
+        )
+    else:
+        text += "; validation accuracy not measured (no data set to measure on)"
+    return text
 
 
 def _register_repository(subparsers: argparse._SubParsersAction[Any]) -> None:

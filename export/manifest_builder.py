@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from export.errors import ExportError
 from imgzoo.manifest import (
+    Composition,
     ExportInfo,
     InputSpec,
     Manifest,
@@ -111,14 +112,25 @@ def build_manifest(
     export: ExportInfo,
     created_at: datetime | None = None,
     commit: str | None = None,
+    composition: Composition | None = None,
+    composite_val_accuracy: float | None = None,
 ) -> Manifest:
     """The validated manifest of the files `filenames` in `version_dir`.
+
+    `checkpoint` is the (first) member. A `composition` (TTA, ensemble) replaces the
+    checkpoint's accuracies by `composite_val_accuracy`, measured on the graph (None: not
+    measured), and sums the members' training seconds.
 
     Raises ExportError with the first schema violation (for instance a resize policy or
     label list the schema does not accept), so nothing invalid is ever written.
     """
     digests, sizes = file_digests(version_dir, filenames)
     metrics = checkpoint.metrics
+    val_accuracy, test_accuracy = metrics.get("val_accuracy"), metrics.get("test_accuracy")
+    seconds = checkpoint.train_seconds
+    if composition is not None:
+        val_accuracy, test_accuracy = composite_val_accuracy, None
+        seconds = sum(member.seconds for member in composition.members)
     try:
         return Manifest(
             dataset=dataset,
@@ -127,8 +139,8 @@ def build_manifest(
             labels=list(checkpoint.data.labels),
             input=input_spec(checkpoint.data),
             metrics=Metrics(
-                val_accuracy=metrics.get("val_accuracy"),
-                test_accuracy=metrics.get("test_accuracy"),
+                val_accuracy=val_accuracy,
+                test_accuracy=test_accuracy,
                 parameters=parameters,
                 flops=flops,
                 file_sizes=sizes,
@@ -137,12 +149,13 @@ def build_manifest(
                 recipe=checkpoint.recipe,
                 architecture=checkpoint.architecture,
                 epochs=checkpoint.epoch,
-                seconds=checkpoint.train_seconds,
+                seconds=seconds,
                 device=checkpoint.device,
                 seed=checkpoint.seed,
                 hyperparameters=hyperparameters(checkpoint.hyperparameters),
             ),
             export=export,
+            composition=composition,
             sha256=digests,
             created_at=created_at if created_at is not None else datetime.now(UTC),
             git_commit=commit,

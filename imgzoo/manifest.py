@@ -99,7 +99,12 @@ class OutputSpec(_Strict):
 class Metrics(_Strict):
     """Quality and cost of the exported network."""
 
-    val_accuracy: float | None = Field(default=None, ge=0, le=1)
+    val_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Of what the graph answers: a composite graph's is measured on the graph.",
+    )
     test_accuracy: float | None = Field(default=None, ge=0, le=1)
     parameters: int = Field(ge=0)
     flops: int = Field(ge=0, description="Forward FLOPs for one image at the input size.")
@@ -107,7 +112,11 @@ class Metrics(_Strict):
 
 
 class TrainingInfo(_Strict):
-    """How the network was trained."""
+    """How the network was trained.
+
+    For an ensemble: the first member's, with `seconds` summed over all members (each member
+    is listed in `composition.members`).
+    """
 
     recipe: str
     architecture: str = Field(description="Registered builder name in `models`.")
@@ -147,6 +156,37 @@ class ExportInfo(_Strict):
     parity: list[ParityResult]
 
 
+class EnsembleMember(_Strict):
+    """One network of a composite graph, as its checkpoint describes it."""
+
+    recipe: str
+    architecture: str
+    seed: int
+    epochs: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    val_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="The member alone, without TTA, from training."
+    )
+    checkpoint_sha256: Sha256
+
+
+class Composition(_Strict):
+    """What the graph runs per image when it is more than one plain network.
+
+    Absent for a plain export. `metrics.val_accuracy` of a composite version is measured on
+    the exported graph itself (`val_images` images of `val_source`), not copied from training.
+    """
+
+    tta: int = Field(
+        ge=0, le=2, description="airbench test-time augmentation level inside the graph."
+    )
+    views: int = Field(ge=1, description="Network forward passes per image, all members.")
+    combine: Literal["single", "mean_log_softmax"]
+    members: list[EnsembleMember] = Field(min_length=1)
+    val_images: int | None = Field(default=None, ge=1)
+    val_source: str | None = None
+
+
 class Manifest(_Strict):
     """`<repository>/<dataset>/<model>/<version>/manifest.json`."""
 
@@ -160,6 +200,9 @@ class Manifest(_Strict):
     metrics: Metrics
     training: TrainingInfo
     export: ExportInfo
+    composition: Composition | None = Field(
+        default=None, description="TTA and ensemble members of a composite graph."
+    )
     sha256: dict[str, Sha256] = Field(
         description="sha256 of every file of the version but this one."
     )

@@ -29,6 +29,9 @@ def version_info(entry: ModelVersion) -> dict[str, Any]:
         },
         "architecture": manifest.training.architecture,
         "recipe": manifest.training.recipe,
+        "composition": (
+            manifest.composition.model_dump(mode="json") if manifest.composition else None
+        ),
         "created_at": manifest.created_at.isoformat(),
         "batching": entry.batching.model_dump(),
         "counters": {

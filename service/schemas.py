@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from imgzoo.manifest import InputSpec
+from imgzoo.manifest import Composition, InputSpec
 
 
 class _Out(BaseModel):
@@ -120,6 +120,10 @@ class VersionInfo(_Out):
     metrics: QualityInfo
     architecture: str
     recipe: str
+    composition: Composition | None = Field(
+        default=None,
+        description="TTA and ensemble members when the graph is more than one plain network.",
+    )
     created_at: datetime
     batching: BatchingInfo
     counters: VersionCounters
