@@ -161,12 +161,19 @@ def _op_delta(before: dict[str, int], after: dict[str, int]) -> str:
     return ", ".join(changes)
 
 
+MAX_SIMPLIFIED_GROWTH = 1.05
+"""A simplified graph may be at most this much larger than the exporter's (metadata, layout)."""
+
+
 def simplify_onnx(path: Path) -> Simplification:
-    """Run onnxslim on `path` and keep its graph only if it has fewer nodes.
+    """Run onnxslim on `path` and keep its graph only if it has fewer nodes and is no larger.
 
     The dynamo exporter already folds constants, batch norms into convolutions and drops
     dead code, so on most graphs there is nothing left; then the exporter's file is kept
     unchanged (onnxslim would only strip metadata). The description says which happened.
+    A graph that runs one network several times (TTA, `export.composite`) shares its
+    weights between the calls; folding a batch norm into each call's convolution gives every
+    call its own copy, so the file grows by the number of calls: that graph is refused.
     """
     try:
         import onnxslim  # type: ignore[import-untyped]
@@ -189,6 +196,13 @@ def simplify_onnx(path: Path) -> Simplification:
     try:
         onnx.save(slimmed, str(candidate))
         after = GraphStats.of(candidate)
+        if after.file_bytes > before.file_bytes * MAX_SIMPLIFIED_GROWTH:
+            return Simplification(
+                False,
+                f"onnxslim {version}: nodes {before.nodes} -> {after.nodes} but bytes "
+                f"{before.file_bytes} -> {after.file_bytes} (shared weights copied per use); "
+                "kept the exporter's graph",
+            )
         candidate.replace(path)
     finally:
         candidate.unlink(missing_ok=True)

@@ -118,3 +118,40 @@ def test_simplification_applies_where_it_removes_nodes(tmp_path: Path) -> None:
     assert "nodes 5 -> " in outcome.description
     np.testing.assert_array_equal(ort.InferenceSession(str(path)).run(None, {"x": x})[0], before)
     assert not list(tmp_path.glob("*.slim.onnx"))
+
+
+class Twice(nn.Module):
+    """One convolution + batch norm called on the image and on its mirror, as TTA does.
+
+    Wide enough (77 KB of weights) that the weights, not the file's metadata, set its size.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 256, 5)
+        self.bn = nn.BatchNorm2d(256)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._block(x) + self._block(x.flip(3))
+
+
+def test_simplification_that_copies_shared_weights_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("onnxslim")
+    torch.manual_seed(0)
+    net = Twice()
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, 8, 8) + 1)
+    path = tmp_path / "twice.onnx"
+    wrapper = build_wrapper(net.eval(), [0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
+    export_onnx(wrapper, torch.from_numpy(random_images(2, 8, 3)), path, opset=21)
+    exported = sha256_file(path)
+
+    outcome = simplify_onnx(path)
+    assert not outcome.applied, outcome.description
+    assert "(shared weights copied per use); kept the exporter's graph" in outcome.description
+    assert sha256_file(path) == exported  # byte for byte
+    assert not list(tmp_path.glob("*.slim.onnx"))
