@@ -248,7 +248,7 @@ def format_table(entries: list[RepositoryEntry]) -> str:
                 e.dataset,
                 e.model,
                 "-" if e.version is None else str(e.version),
-                e.architecture or "-",
+                e.graph or e.architecture or "-",
                 _percent(e.val_accuracy),
                 _percent(e.test_accuracy),
                 _count(e.parameters),

@@ -216,6 +216,8 @@ class RepositoryEntry:
     size_bytes: int | None = None
     created: datetime | None = None
     architecture: str | None = None
+    graph: str | None = None
+    """A composite graph in short (`2x fastnet, tta 2`); None for one plain network."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths and datetimes as strings)."""
@@ -233,7 +235,17 @@ class RepositoryEntry:
             "size_bytes": self.size_bytes,
             "created": self.created.isoformat() if self.created else None,
             "architecture": self.architecture,
+            "graph": self.graph,
         }
+
+
+def describe_graph(manifest: Manifest) -> str | None:
+    """`<k>x <architecture>, tta <level>` for a composite graph, None for a plain one."""
+    composition = manifest.composition
+    if composition is None:
+        return None
+    architectures = "+".join(sorted({m.architecture for m in composition.members}))
+    return f"{len(composition.members)}x {architectures}, tta {composition.tta}"
 
 
 def _read_entry(dataset: str, model: str, version_dir: Path, verify: bool) -> RepositoryEntry:
@@ -260,6 +272,7 @@ def _read_entry(dataset: str, model: str, version_dir: Path, verify: bool) -> Re
         size_bytes=size,
         created=manifest.created_at,
         architecture=manifest.training.architecture,
+        graph=describe_graph(manifest),
     )
 
 

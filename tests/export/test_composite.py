@@ -216,6 +216,11 @@ def test_the_cli_exports_an_ensemble_and_says_what_it_measured(
         f"{manifest.metrics.val_accuracy:.2%} on 800 images of the demo validation split" in out
     )
 
+    assert main(["repository", "list", "--repository", str(repo), "--no-verify"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[:7] == ["demo", "pair", "1", "2x", "fastnet,", "tta", "0"]
+    assert f"{manifest.metrics.val_accuracy:.2%}" in row
+
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(members[0]), "--repository", str(repo), "--tta", "5"])
     assert exit_info.value.code == 2
