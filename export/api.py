@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from export.composite import check_members, compose, views_per_image
 from export.errors import ExportError
-from export.graph_accuracy import measure_graph_accuracy
+from export.graph_accuracy import GraphAccuracy, measure_graph_accuracy
 from export.manifest_builder import build_manifest, git_commit
 from export.onnx_export import DEFAULT_OPSET, Simplification, check_onnx, export_onnx, simplify_onnx
 from export.parity import (
@@ -199,9 +199,8 @@ def _build(job: _Job, staging: Path, version: int, step: _Progress) -> Manifest:
         measured = measure_graph_accuracy(
             staging / ONNX_FILENAME, info, data_root=job.data_root, cache_dir=job.cache_dir
         )
-        composition = _composition(job, measured.images if measured else None)
+        composition = _composition(job, measured)
         if measured is not None:
-            composition = composition.model_copy(update={"val_source": measured.source})
             accuracy = measured.accuracy
             log.info("validation accuracy of the graph: %.2f%%", 100 * accuracy)
 
@@ -247,7 +246,7 @@ def _flops(member: _Member) -> int:
     )
 
 
-def _composition(job: _Job, val_images: int | None) -> Composition:
+def _composition(job: _Job, measured: GraphAccuracy | None) -> Composition:
     members = [
         EnsembleMember(
             recipe=m.checkpoint.recipe,
@@ -265,7 +264,8 @@ def _composition(job: _Job, val_images: int | None) -> Composition:
         views=views_per_image(job.tta, len(members)),
         combine="mean_log_softmax" if len(members) > 1 else "single",
         members=members,
-        val_images=val_images,
+        val_images=measured.images if measured is not None else None,
+        val_source=measured.source if measured is not None else None,
     )
 
 
@@ -279,7 +279,8 @@ def _stage_count(job: _Job) -> int:
 
 
 def default_model_name(architectures: Sequence[str]) -> str:
-    """The architecture; `<architecture>_x<k>` for an ensemble of one, `ensemble_x<k>` mixed."""
+    """One network: its architecture; k of one architecture: `<architecture>_x<k>`; mixed:
+    `ensemble_x<k>`."""
     if len(architectures) == 1:
         return architectures[0]
     kind = architectures[0] if len(set(architectures)) == 1 else "ensemble"
@@ -324,7 +325,7 @@ def export_checkpoint(
     paths = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
     if not paths:
         raise ExportError("no checkpoint to export")
-    if len(set(paths)) != len(paths):
+    if len({p.resolve() for p in paths}) != len(paths):
         raise ExportError("the same checkpoint is named twice: an ensemble needs distinct ones")
     checkpoints = [load_checkpoint(p) for p in paths]
     check_members(checkpoints, [str(p) for p in paths])
@@ -341,18 +342,18 @@ def export_checkpoint(
     )
     log.info("parity images: %d from %s", len(images.images), images.source)
     job = _Job(
-        members,
-        network,
-        tta,
-        dataset,
-        model,
-        images,
-        batch_sizes,
-        fp16,
-        simplify,
-        opset,
-        data_root,
-        cache_dir,
+        members=members,
+        network=network,
+        tta=tta,
+        dataset=dataset,
+        model=model,
+        parity=images,
+        batch_sizes=batch_sizes,
+        fp16=fp16,
+        simplify=simplify,
+        opset=opset,
+        data_root=data_root,
+        cache_dir=cache_dir,
     )
     step = _Progress(_stage_count(job), progress)
     try:
