@@ -18,7 +18,13 @@ import torch
 from export.api import export_checkpoint
 from export.errors import ExportError
 from imgzoo.cli import main
-from imgzoo.manifest import ONNX_FILENAME, load_manifest, sha256_file, verify_files
+from imgzoo.manifest import (
+    ONNX_FILENAME,
+    ONNX_FP16_FILENAME,
+    load_manifest,
+    sha256_file,
+    verify_files,
+)
 from models import count_flops, count_parameters
 from training.checkpoint import load_checkpoint
 from training.demo_data import demo_split
@@ -130,10 +136,20 @@ def test_an_ensemble_graph_averages_its_members_log_probabilities(
 ) -> None:
     images, labels = validation
     export_checkpoint(
-        members, tmp_path / "repo", tta=1, parity_images=8, batch_sizes=(1, 8), progress=False
+        members,
+        tmp_path / "repo",
+        tta=1,
+        fp16=True,
+        parity_images=8,
+        batch_sizes=(1, 8),
+        progress=False,
     )
     version_dir = tmp_path / "repo" / "demo" / "fastnet_x2" / "1"  # the default name
     manifest = load_manifest(version_dir)
+    # The fp16 graph of the ensemble exists and held its parity bound too.
+    assert ONNX_FP16_FILENAME in manifest.sha256
+    passed = {p.runtime for p in manifest.export.parity if p.passed}
+    assert passed == {"onnxruntime", "torchscript", "onnxruntime_fp16"}
 
     logprobs = [torch.log_softmax(_eager_logits(p, images, tta=1), 1) for p in members]
     expected = torch.stack(logprobs).mean(0)
