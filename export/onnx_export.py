@@ -166,7 +166,7 @@ MAX_SIMPLIFIED_GROWTH = 1.05
 
 
 def simplify_onnx(path: Path) -> Simplification:
-    """Run onnxslim on `path` and keep its graph only if it has fewer nodes and is no larger.
+    """Run onnxslim on `path`; keep its graph only with fewer nodes and no bigger file (5%).
 
     The dynamo exporter already folds constants, batch norms into convolutions and drops
     dead code, so on most graphs there is nothing left; then the exporter's file is kept
