@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from export.repository import RepositoryEntry
-    from imgzoo.manifest import Manifest
+    from imgzoo.manifest import Composition, Manifest
 
 DEFAULT_REPOSITORY = Path("model_repository")
 
@@ -131,7 +131,7 @@ def _run_export(args: argparse.Namespace) -> int:
     name = f"{manifest.dataset}/{manifest.model}"
     print(f"wrote {name} version {manifest.version}: {result.version_dir}")
     if manifest.composition is not None:
-        print(f"  graph  {describe_composition(manifest)}")
+        print(f"  graph  {describe_composition(manifest.composition, manifest)}")
     for parity in manifest.export.parity:
         print(f"  parity {describe(parity)}")
         print(f"         on {parity.image_source}")
@@ -144,11 +144,8 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_composition(manifest: Manifest) -> str:
+def describe_composition(composition: Composition, manifest: Manifest) -> str:
     """One line: members, TTA, passes per image and the accuracy measured on the graph."""
-    composition = manifest.composition
-    if composition is None:
-        return "one network"
     members = len(composition.members)
     what = f"{members} networks" if members > 1 else "1 network"
     text = f"{what}, tta={composition.tta}, {composition.views} passes an image"

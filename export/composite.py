@@ -64,8 +64,6 @@ class LogProbEnsemble(nn.Module):
 
 def compose(networks: Sequence[nn.Module], tta: int) -> nn.Module:
     """One network, or the ensemble of several, each under TTA `tta` (0: as it is)."""
-    if not networks:
-        raise ExportError("no network to export")
     members = [TTANetwork(n, tta) if tta else n for n in networks]
     module = members[0] if len(members) == 1 else LogProbEnsemble(members)
     return module.eval()
