@@ -14,7 +14,8 @@ whose bodies are being read or decoded (`Batcher.arriving`) — so a burst of co
 fills one batch instead of several small ones, and a single client pays no window. The policy
 keeps no learned state, so the latency after a burst is the latency before it.
 
-The queue is bounded (`QueueFull`, 503 with Retry-After); every image has a deadline
+The queue is bounded (`QueueFull`, 503 with Retry-After): at most `max_queue_size` images wait
+beyond what idle workers take at once. Every image has a deadline
 (`DeadlineExceeded`, 504): an image whose deadline passed before its batch started is dropped
 unrun. A runtime error fails only the batch it happened in (`InferenceFailed`).
 """
@@ -124,6 +125,9 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._running_batches = 0
+        # Workers waiting for a first image: what they take at once is not kept waiting, so it
+        # does not count against `max_queue_size` (see `submit`).
+        self._idle_workers = 0
         self._arriving = 0
         # Set by a worker waiting for arrivals; resolved when the last one ends unsubmitted.
         self._wake: asyncio.Future[None] | None = None
@@ -183,7 +187,11 @@ class Batcher:
             arrival.done()  # in the same step as the images queue: no worker sees neither
         if self._closing:
             raise ShuttingDown("the service is shutting down")
-        if self._queue.qsize() + len(images) > self.max_queue_size:
+        # An image put in the queue stays counted there until the woken worker's task runs, so
+        # two requests decoded in the same loop step would find a one-place queue "full" while a
+        # session sits idle. Room held by idle workers is therefore added to the bound.
+        room = self.max_queue_size + self.max_batch_size * self._idle_workers
+        if self._queue.qsize() + len(images) > room:
             raise self.refuse(len(images))
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -261,7 +269,12 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         """The next batch: the first image, what is queued, and what arrives within the delay."""
-        batch = [await self._queue.get()]
+        self._idle_workers += 1
+        try:
+            first = await self._queue.get()
+        finally:
+            self._idle_workers -= 1
+        batch = [first]
         self._take_queued(batch)
         if self.max_queue_delay_s <= 0 or len(batch) >= self.max_batch_size:
             return batch

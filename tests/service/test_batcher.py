@@ -108,6 +108,29 @@ def test_full_queue_is_refused_with_retry_after() -> None:
     asyncio.run(main())
 
 
+def test_images_queued_in_one_step_for_an_idle_worker_are_not_refused() -> None:
+    """Two requests decoded in the same loop step, one place in the queue, one idle session:
+    the first is still counted in the queue until the woken worker runs, yet both fit (the
+    worker takes one at once). Only a third, with the session busy and the place taken, is
+    refused."""
+
+    async def main() -> None:
+        model = FakeModel(delay=0.2)
+        batcher = _batcher(model, max_queue_size=1, max_batch_size=1)
+        batcher.start()
+        await asyncio.sleep(0)  # the worker is waiting for its first image
+        first, second = batcher.submit([_image(1)]), batcher.submit([_image(2)])
+        await asyncio.sleep(0.05)  # the worker runs the first; the second waits
+        with pytest.raises(QueueFull):
+            batcher.submit([_image(3)])
+        rows = [await future for future in (*first, *second)]
+        assert [int(row.logits[0]) for row in rows] == [1, 2]
+        assert model.batches == [1, 1] and batcher.stats.rejected == 1
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_deadline_passed_in_the_queue_drops_the_work() -> None:
     async def main() -> None:
         model = FakeModel(delay=0.3)

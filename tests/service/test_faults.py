@@ -444,6 +444,11 @@ def test_the_repository_vanishing_while_a_new_version_loads_changes_nothing(
 # --------------------------------------------------------------------------- admission
 
 
+def _counters(client: httpx.Client, name: str) -> dict[str, int]:
+    counters: dict[str, int] = client.get(f"/models/{name}").json()["versions"][0]["counters"]
+    return counters
+
+
 def test_overload_is_refused_before_the_body_is_read(
     model_repository: Repository, tmp_path: Path, sample_images: list[bytes]
 ) -> None:
@@ -471,14 +476,12 @@ def test_overload_is_refused_before_the_body_is_read(
             busy = [pool.submit(_post_all, live, "/predict/gray/tiny", [image])
                     for image in sample_images[:2]]  # fmt: skip
             with live.client() as client:
-                deadline = time.monotonic() + 10
-                while (
-                    client.get("/models/gray/tiny").json()["versions"][0]["counters"][
-                        "in_flight_requests"
-                    ]
-                    < 2
-                ):
-                    assert time.monotonic() < deadline, "the two requests never got in flight"
+                deadline = time.monotonic() + 20
+                while (in_flight := _counters(client, "gray/tiny")["in_flight_requests"]) < 2:
+                    answered_early = [f.result()[0].text for f in busy if f.done()]
+                    assert not answered_early and time.monotonic() < deadline, (
+                        f"{in_flight} of 2 requests in flight; answered early: {answered_early}"
+                    )
                     time.sleep(0.02)
             # Headers announcing a body that never comes: only an early refusal answers this.
             with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
@@ -492,7 +495,7 @@ def test_overload_is_refused_before_the_body_is_read(
         controls.gate = None
         with live.client() as client:
             after = client.post("/predict/gray/tiny", content=sample_images[2], headers=PNG)
-            counters = client.get("/models/gray/tiny").json()["versions"][0]["counters"]
+            counters = _counters(client, "gray/tiny")
     assert reply.startswith("HTTP/1.1 503"), reply
     assert '"code":"queue_full"' in reply and "retry-after: " in reply.lower()
     assert [r.status_code for r in answered] == [200, 200]
