@@ -15,8 +15,7 @@ import numpy as np
 import onnxruntime
 from tqdm import tqdm
 
-from export.errors import ExportError
-from imgzoo.errors import UserError
+from export.parity_images import load_recorded_split
 from imgzoo.manifest import INPUT_NAME, OUTPUT_NAME
 from training.checkpoint import DataInfo
 
@@ -38,24 +37,20 @@ def _validation_split(
     info: DataInfo, data_root: Path | None, cache_dir: Path | None, progress: bool
 ) -> tuple[np.ndarray, np.ndarray, str] | None:
     """uint8 NHWC images and labels of the validation split, or None where it cannot load."""
-    from training.datasets import load_data_like
-
-    root = data_root if data_root is not None else (Path(info.root) if info.root else None)
-    if root is None and info.dataset != "demo":
-        log.warning("no data directory recorded or given: validation accuracy not measured")
+    bundle = load_recorded_split(
+        info,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        progress=progress,
+        purpose="the graph's validation accuracy: not measured",
+    )
+    if bundle is None:
         return None
-    try:
-        bundle = load_data_like(info, root, cache_dir=cache_dir, progress=progress)
-    except UserError as exc:
-        if data_root is not None:
-            raise ExportError(f"cannot load the validation split from {data_root}: {exc}") from None
-        log.warning("cannot load %s from %s (%s): accuracy not measured", info.dataset, root, exc)
-        return None
-    images = np.ascontiguousarray(bundle.val.images.numpy().transpose(0, 2, 3, 1))
     labels = bundle.val.labels.numpy()
     if len(labels) == 0:
         log.warning("%s has no validation split: accuracy not measured", info.dataset)
         return None
+    images = np.ascontiguousarray(bundle.val.images.numpy().transpose(0, 2, 3, 1))
     return images, labels, f"{info.dataset} validation split"
 
 

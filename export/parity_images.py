@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +13,9 @@ import numpy.typing as npt
 from export.errors import ExportError
 from imgzoo.errors import UserError
 from training.checkpoint import DataInfo
+
+if TYPE_CHECKING:
+    from training.datasets import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +48,41 @@ def demo_images(info: DataInfo, count: int) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(images[:, top : top + info.height, left : left + info.width])
 
 
-def _from_dataset(
-    info: DataInfo, root: Path | None, count: int, cache_dir: Path | None, progress: bool
-) -> ParityImages:
+def load_recorded_split(
+    info: DataInfo,
+    *,
+    data_root: Path | None,
+    cache_dir: Path | None,
+    progress: bool,
+    purpose: str,
+) -> DataBundle | None:
+    """The checkpoint's data set, split as in training; None where it cannot be had.
+
+    Root: `data_root` if given (then failing to load it is an `ExportError`), else the root
+    recorded in the checkpoint (failing that, a warning naming `purpose`, and None). The
+    demo set needs no root.
+    """
     from training.datasets import load_data_like
 
-    bundle = load_data_like(info, root, cache_dir=cache_dir, progress=progress)
+    root = data_root if data_root is not None else (Path(info.root) if info.root else None)
+    if root is None and info.dataset != "demo":
+        log.warning("no data directory recorded or given for %s", purpose)
+        return None
+    try:
+        bundle = load_data_like(info, root, cache_dir=cache_dir, progress=progress)
+    except UserError as exc:
+        if data_root is not None:
+            raise ExportError(f"cannot load {info.dataset} from {data_root}: {exc}") from None
+        log.warning("cannot load %s from %s (%s) for %s", info.dataset, root, exc, purpose)
+        return None
     expected = (info.channels, info.height, info.width)
-    found = tuple(bundle.val.images.shape[1:])
+    found = tuple((bundle.val if len(bundle.val) else bundle.train).images.shape[1:])
     if found != expected:
         raise ExportError(f"{info.dataset} images are {found}, the network takes {expected}")
+    return bundle
+
+
+def _from_bundle(info: DataInfo, bundle: DataBundle, count: int) -> ParityImages:
     val = bundle.val.images[:count].numpy()
     source = f"{info.dataset} validation split"
     if len(val) < count:
@@ -86,19 +115,17 @@ def load_parity_images(
 
         images, _ = demo_split("val", image_size=info.height, channels=info.channels)
         return ParityImages(np.ascontiguousarray(images[:count]), "demo validation split")
-    root = data_root if data_root is not None else (Path(info.root) if info.root else None)
+    root = data_root if data_root is not None else info.root
     if root is not None:
-        try:
-            return _from_dataset(info, root, count, cache_dir, progress)
-        except UserError as exc:
-            if data_root is not None:
-                raise ExportError(f"cannot load parity images from {data_root}: {exc}") from None
-            log.warning(
-                "cannot load %s from %s (%s); checking parity on demo images",
-                info.dataset,
-                root,
-                exc,
-            )
+        bundle = load_recorded_split(
+            info,
+            data_root=data_root,
+            cache_dir=cache_dir,
+            progress=progress,
+            purpose="the parity check: checking it on demo images",
+        )
+        if bundle is not None:
+            return _from_bundle(info, bundle, count)
     reason = "no data directory recorded" if root is None else f"{root} not loadable"
     return ParityImages(
         demo_images(info, count),
