@@ -42,6 +42,9 @@ class BenchResult:
     seconds: float
     images_per_s: float
     parameters: int
+    compiled: bool
+    warmup_seconds: float
+    """The untimed first steps: with `compiled`, torch.compile's compilation is in them."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +79,10 @@ def _train_step_time(
     warmup: int,
     amp: torch.dtype | None,
     channels_last: bool,
-) -> float:
+    compile_model: bool,
+) -> tuple[float, float]:
+    """Seconds of the `warmup` steps and of the `steps` timed after them."""
+    forward = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
@@ -90,21 +96,21 @@ def _train_step_time(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = criterion(model(x).float(), labels)
+            loss = criterion(forward(x).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    def timed(count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    warmup_seconds = timed(warmup)
+    return warmup_seconds, timed(steps)
 
 
 def benchmark_training(
@@ -117,9 +123,14 @@ def benchmark_training(
     batch_size: int | None = None,
     amp: str = "off",
     channels_last: bool = False,
+    compile_model: bool = False,
     device: str = "auto",
 ) -> list[BenchResult]:
-    """Images/s of training steps for each model (registered order when `models` is None)."""
+    """Images/s of training steps for each model (registered order when `models` is None).
+
+    `compile_model` runs the steps through torch.compile, as the recipe field `compile` does;
+    the compilation happens in the warmup steps, so give it at least one.
+    """
     from models import count_parameters, get_model, list_models
     from training.distributed import resolve_device
     from training.engine import autocast_dtype
@@ -129,6 +140,8 @@ def benchmark_training(
         raise TrainingError(
             f"unknown data set {dataset!r} for the benchmark (known: {', '.join(DATASET_SHAPES)})"
         )
+    if compile_model and warmup < 1:
+        raise TrainingError("a compiled benchmark needs --warmup >= 1: the first step compiles")
     channels, native, classes = DATASET_SHAPES[dataset]
     size = image_size or native
     dev = resolve_device(device)
@@ -147,7 +160,7 @@ def benchmark_training(
         ).to(dev)
         labels = torch.randint(0, classes, (batch,), generator=gen).to(dev)
         preprocess = InputPreprocess([0.5] * channels, [0.25] * channels).to(dev)
-        seconds = _train_step_time(
+        warmup_seconds, seconds = _train_step_time(
             model,
             images,
             labels,
@@ -156,6 +169,7 @@ def benchmark_training(
             warmup=warmup,
             amp=amp_dtype,
             channels_last=channels_last,
+            compile_model=compile_model,
         )
         results.append(
             BenchResult(
@@ -168,6 +182,8 @@ def benchmark_training(
                 seconds=seconds,
                 images_per_s=batch * steps / seconds,
                 parameters=count_parameters(model),
+                compiled=compile_model,
+                warmup_seconds=warmup_seconds,
             )
         )
     return results
@@ -175,13 +191,18 @@ def benchmark_training(
 
 def format_results(results: list[BenchResult], info: dict[str, Any]) -> str:
     """A plain table plus the machine description."""
-    lines = [f"{'model':<14}{'input':>10}{'batch':>7}{'params':>9}{'images/s':>11}{'s/step':>9}"]
+    lines = [
+        f"{'model':<14}{'input':>10}{'batch':>7}{'params':>9}{'images/s':>11}{'s/step':>9}"
+        f"{'warmup s':>10}"
+    ]
     for r in results:
         shape = f"{r.channels}x{r.image_size}"
         lines.append(
             f"{r.model:<14}{shape:>10}{r.batch_size:>7}{r.parameters / 1e6:>8.2f}M"
-            f"{r.images_per_s:>11.1f}{r.seconds / r.steps:>9.3f}"
+            f"{r.images_per_s:>11.1f}{r.seconds / r.steps:>9.3f}{r.warmup_seconds:>10.1f}"
         )
+    if any(r.compiled for r in results):
+        lines.append("(torch.compile: its compilation is in the warmup seconds)")
     lines.append("")
     lines.extend(f"{k}: {v}" for k, v in info.items())
     return "\n".join(lines)

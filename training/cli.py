@@ -429,6 +429,11 @@ def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
     t.add_argument("--batch-size", type=int, metavar="N", help="default 128 (32 for large models)")
     t.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off")
     t.add_argument("--channels-last", action="store_true")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the steps through torch.compile (it compiles during the warmup steps)",
+    )
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, metavar="N", help="torch intra-op CPU threads")
     t.add_argument("--json", action="store_true", help="machine-readable output")
@@ -450,6 +455,7 @@ def _bench_train_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         amp=args.amp,
         channels_last=args.channels_last,
+        compile_model=args.compile,
         device=args.device,
     )
     info = machine_info(args.device)

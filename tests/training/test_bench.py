@@ -35,6 +35,7 @@ def test_bench_train_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert (r["channels"], r["image_size"], r["batch_size"]) == (1, 48, 4)
         assert r["images_per_s"] == pytest.approx(4 / r["seconds"])
         assert r["parameters"] > 100_000
+        assert r["compiled"] is False and r["warmup_seconds"] < 0.05  # no warmup step
     assert data["machine"]["torch"] and data["machine"]["device"] == "cpu"
 
 
@@ -43,3 +44,39 @@ def test_bench_unknown_dataset(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "imgzoo bench: error: unknown data set 'imagenet'" in err
     assert "Traceback" not in err
+
+
+def test_bench_compile_runs_the_steps_through_torch_compile(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steps go through what torch.compile returns (a real compile takes minutes on two
+    cores, so a recording stand-in takes its place), and the warmup time is reported."""
+    import torch
+
+    compiled: list[torch.nn.Module] = []
+    calls = 0
+
+    def fake_compile(model: torch.nn.Module) -> object:
+        compiled.append(model)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            out: torch.Tensor = model(x)
+            return out
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    argv = ["bench", "train", "--models", "fastnet", "--dataset", "demo", "--image-size", "16"]
+    argv += ["--steps", "2", "--warmup", "1", "--batch-size", "2", "--compile", "--json"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert len(compiled) == 1 and calls == 3  # one warmup step + two timed ones
+    assert result["compiled"] is True and result["warmup_seconds"] > 0
+
+
+def test_bench_compile_needs_a_warmup_step(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "train", "--models", "fastnet", "--compile", "--warmup", "0"]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "--warmup >= 1" in capsys.readouterr().err
