@@ -157,10 +157,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
-    """Add `imgzoo bench soak` (reliability.md) and `imgzoo bench serve` (benchmarks.md)."""
+    """Add `imgzoo bench soak` (reliability.md), `imgzoo bench serve` and `imgzoo bench app`
+    (benchmarks.md)."""
     # stdlib, numpy and orjson only: cheap to import
+    from service.bench import app_cpu, soak
     from service.bench import serve as serve_bench
-    from service.bench import soak
 
     parser = kinds.add_parser(
         "soak",
@@ -177,3 +178,11 @@ def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
     )
     serve_bench.configure(parser)
     parser.set_defaults(func=serve_bench.command)
+
+    parser = kinds.add_parser(
+        "app",
+        help="CPU the service's own code spends on a /predict request (in process, no model)",
+        description=(app_cpu.__doc__ or "").split("\n\n")[0],
+    )
+    app_cpu.configure(parser)
+    parser.set_defaults(func=app_cpu.command)
