@@ -163,26 +163,22 @@ def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
     from service.bench import app_cpu, soak
     from service.bench import serve as serve_bench
 
-    parser = kinds.add_parser(
-        "soak",
-        help="overload a real server for minutes and count how every request ends",
-        description=(soak.__doc__ or "").split("\n\n")[0],
+    benches = (
+        (soak, "soak", "overload a real server for minutes and count how every request ends"),
+        (
+            serve_bench,
+            "serve",
+            "imgzoo against the in-process ONNX Runtime ceiling and naive servers",
+        ),
+        (
+            app_cpu,
+            "app",
+            "CPU the service's own code spends on a /predict request (in process, no model)",
+        ),
     )
-    soak.configure(parser)
-    parser.set_defaults(func=soak.command)
-
-    parser = kinds.add_parser(
-        "serve",
-        help="imgzoo against the in-process ONNX Runtime ceiling and naive servers",
-        description=(serve_bench.__doc__ or "").split("\n\n")[0],
-    )
-    serve_bench.configure(parser)
-    parser.set_defaults(func=serve_bench.command)
-
-    parser = kinds.add_parser(
-        "app",
-        help="CPU the service's own code spends on a /predict request (in process, no model)",
-        description=(app_cpu.__doc__ or "").split("\n\n")[0],
-    )
-    app_cpu.configure(parser)
-    parser.set_defaults(func=app_cpu.command)
+    for module, name, summary in benches:
+        parser = kinds.add_parser(
+            name, help=summary, description=(module.__doc__ or "").split("\n\n")[0]
+        )
+        module.configure(parser)
+        parser.set_defaults(func=module.command)

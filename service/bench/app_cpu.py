@@ -161,7 +161,6 @@ def measure_app_cpu(
     requests: int = 2000,
     warmup: int = 200,
     profile: cProfile.Profile | None = None,
-    workdir: Path | None = None,
 ) -> tuple[list[AppCpu], str]:
     """CPU a request of each kind costs the app; and where the image came from."""
     import uvloop
@@ -178,7 +177,7 @@ def measure_app_cpu(
     if unknown:
         raise UserError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
     image_set = load_images(images, 1)
-    with tempfile.TemporaryDirectory(prefix="imgzoo-bench-app-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="imgzoo-bench-app-") as tmp:
         (model,) = random_models([_MODEL], Path(tmp))
 
         def factory(onnx: bytes, spec: SessionSpec) -> ZeroSession:

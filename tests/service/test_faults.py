@@ -264,6 +264,11 @@ def faulty_server(
         yield live, controls
 
 
+def _counters(client: httpx.Client, name: str) -> dict[str, int]:
+    counters: dict[str, int] = client.get(f"/models/{name}").json()["versions"][0]["counters"]
+    return counters
+
+
 def _post_all(server: LiveServer, path: str, images: Sequence[bytes]) -> list[httpx.Response]:
     def post(image: bytes) -> httpx.Response:
         with server.client() as client:
@@ -281,7 +286,7 @@ def test_an_inference_error_fails_only_its_own_batch(
     server, controls = faulty_server
     controls.poisoned_batches.clear()
     with server.client() as client:
-        before = client.get("/models/gray/tiny").json()["versions"][0]["counters"]
+        before = _counters(client, "gray/tiny")
     images = [*sample_images[:7], _uniform_png(POISON)]
     responses = _post_all(server, "/predict/gray/tiny", images)
 
@@ -305,7 +310,7 @@ def test_an_inference_error_fails_only_its_own_batch(
     assert len(failed) < len(images)
     with server.client() as client:
         after_image = client.post("/predict/gray/tiny", content=sample_images[8], headers=PNG)
-        counters = client.get("/models/gray/tiny").json()["versions"][0]["counters"]
+        counters = _counters(client, "gray/tiny")
         statuses = _samples(client, "imgzoo_requests_total")
     assert after_image.status_code == 200  # the next batch runs
     assert counters["failed_batches"] - before["failed_batches"] == 1
@@ -342,7 +347,7 @@ def test_a_model_slower_than_its_deadline_gives_504_then_recovers(
         reference = offline_probabilities(model_repository.gray, image)
         assert_matches(response.json()["predictions"], reference, 3)
     with server.client() as client:
-        counters = client.get("/models/gray/slow").json()["versions"][0]["counters"]
+        counters = _counters(client, "gray/slow")
         statuses = _samples(client, "imgzoo_requests_total")
     assert counters["failed_requests"] >= len(slow)
     assert counters["in_flight_requests"] == 0  # so did the ones past their deadline
@@ -442,11 +447,6 @@ def test_the_repository_vanishing_while_a_new_version_loads_changes_nothing(
 
 
 # --------------------------------------------------------------------------- admission
-
-
-def _counters(client: httpx.Client, name: str) -> dict[str, int]:
-    counters: dict[str, int] = client.get(f"/models/{name}").json()["versions"][0]["counters"]
-    return counters
 
 
 def test_overload_is_refused_before_the_body_is_read(
