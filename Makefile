@@ -7,11 +7,12 @@ comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps run demo test lint format typecheck clean
+.PHONY: help install system-deps run demo zoo test lint format typecheck clean
 
 help:
 	@echo "make run      install, then train the demo model, export it and serve it on 127.0.0.1:8000"
 	@echo "make test     install, then lint, type-check and run the whole test suite"
+	@echo "make zoo      train + export the best model of each data set: make zoo ZOO_DATA='cifar10=DIR ...'"
 	@echo "make lint     ruff + mypy only"
 	@echo "make clean    remove the virtual environment and generated files"
 
@@ -32,6 +33,11 @@ system-deps:
 
 run: install
 	$(BIN)/imgzoo demo
+
+# The model zoo into model_repository (`imgzoo zoo --list` shows it); hours of CPU per data set.
+ZOO_DATA ?=
+zoo: install
+	$(BIN)/imgzoo zoo $(foreach d,$(ZOO_DATA),--data $(d))
 
 lint: install
 	$(BIN)/ruff check .

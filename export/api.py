@@ -52,6 +52,7 @@ from imgzoo.manifest import (
     ParityResult,
     sha256_file,
 )
+from imgzoo.names import default_model_name
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.evaluate import TTA_VIEWS
 
@@ -276,15 +277,6 @@ def _stage_count(job: _Job) -> int:
     sizes = len(effective_batch_sizes(job.batch_sizes, len(job.parity.images)))
     accuracy = 1 if job.composite else 0
     return files * per_onnx + 1 + sizes * (1 + runtimes) + accuracy + 1
-
-
-def default_model_name(architectures: Sequence[str]) -> str:
-    """One network: its architecture; k of one architecture: `<architecture>_x<k>`; mixed:
-    `ensemble_x<k>`."""
-    if len(architectures) == 1:
-        return architectures[0]
-    kind = architectures[0] if len(set(architectures)) == 1 else "ensemble"
-    return f"{kind}_x{len(architectures)}"
 
 
 def export_checkpoint(

@@ -24,6 +24,7 @@ _PARTS = (
     "training.sweep_cli",
     "export.cli",
     "service.cli",
+    "imgzoo.zoo",
     "imgzoo.demo",
 )
 
