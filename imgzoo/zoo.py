@@ -7,9 +7,10 @@ augmentation inside it. Building an entry trains every seed that has no finished
 the networks as one graph whose validation accuracy is measured on the exported file, so
 `GET /models` and the web page show the zoo with real numbers and `make run` serves it.
 
-A run directory that already holds a finished run of the same recipe and seed is reused, and a
-repository version built from the same checkpoints (by sha256) is not exported twice: an
-interrupted build picks up where it stopped.
+A run directory that already holds a finished run of exactly this recipe (every field, the
+seed included) is reused, one holding anything else is refused, and a repository version
+built from the same checkpoints (by sha256) is not exported twice: an interrupted build picks
+up where it stopped.
 
 Nothing heavy at import time: torch and the export code load inside the command.
 """
@@ -102,24 +103,31 @@ def run_dir(runs: Path, recipe: str, seed: int) -> Path:
     return runs / f"{recipe}-s{seed}"
 
 
-def finished_run(directory: Path, recipe: str, seed: int) -> bool:
-    """Whether `directory` holds a finished run of `recipe` with `seed` (False: none yet).
+def finished_run(directory: Path, recipe: Recipe) -> bool:
+    """Whether `directory` holds a finished run of exactly `recipe` (False: none yet).
 
-    A directory holding some other run is refused rather than overwritten or reused.
+    A directory holding some other run, or this recipe with other settings, is refused rather
+    than overwritten or reused: its networks would not be the ones the zoo records.
     """
+    from training.recipes import Recipe, RecipeError
+
     summary_path = directory / SUMMARY_FILE
     if not summary_path.is_file():
         return False
     try:
         summary = json.loads(summary_path.read_text())
-        found = (summary["recipe"]["name"], summary["recipe"]["seed"])
+        found = Recipe.from_dict(summary["recipe"]).to_dict()
         completed = bool(summary["completed"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecipeError) as exc:
         raise UserError(f"{summary_path}: not a readable training summary ({exc})") from None
-    if found != (recipe, seed):
+    wanted = recipe.to_dict()
+    if found != wanted:
+        changed = [k for k in wanted if found.get(k) != wanted[k]]
+        shown = ", ".join(f"{k}={found.get(k)!r} (zoo: {wanted[k]!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise UserError(
-            f"{directory} holds a run of {found[0]} with seed {found[1]}, not {recipe} with seed "
-            f"{seed}: move it away or pass another --runs directory"
+            f"{directory} holds another run: {shown}{more}; move it away or pass another "
+            "--runs directory"
         )
     return completed and (directory / BEST_FILE).is_file()
 
@@ -136,7 +144,7 @@ def train_member(
     """best.pt of `recipe` trained into `directory`: reused, resumed or trained from scratch."""
     from training.engine import train
 
-    if finished_run(directory, recipe.name, recipe.seed):
+    if finished_run(directory, recipe):
         say(f"      reusing {directory} (finished)")
         return directory / BEST_FILE
     last = directory / LAST_FILE

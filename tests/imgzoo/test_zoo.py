@@ -73,18 +73,33 @@ def test_parse_data_maps_each_data_set_to_its_directory(tmp_path: Path) -> None:
     assert roots == {"cifar10": tmp_path / "a", "fer2013": tmp_path / "b"}
 
 
-def test_a_run_directory_of_another_recipe_is_refused(tmp_path: Path) -> None:
+def test_a_run_directory_of_another_run_is_refused(tmp_path: Path) -> None:
     from imgzoo.zoo import finished_run
 
+    recipe = RECIPES["cifar10_fastnet_muon"]
     directory = tmp_path / "cifar10_fastnet_muon-s0"
     directory.mkdir()
-    summary = {"recipe": {"name": "cifar10_fastnet", "seed": 0}, "completed": True}
-    (directory / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(UserError, match="holds a run of cifar10_fastnet with seed 0"):
-        finished_run(directory, "cifar10_fastnet_muon", 0)
+    (directory / "best.pt").write_bytes(b"")
+
+    def write(found: Recipe, completed: bool = True) -> None:
+        summary = {"recipe": found.to_dict(), "completed": completed}
+        (directory / "summary.json").write_text(json.dumps(summary))
+
+    write(recipe)
+    assert finished_run(directory, recipe)
+    write(recipe, completed=False)
+    assert not finished_run(directory, recipe)
+    write(recipe.override(seed=1))
+    with pytest.raises(UserError, match=r"holds another run: seed=1 \(zoo: 0\)"):
+        finished_run(directory, recipe)
+    write(RECIPES["cifar10_fastnet"])
+    with pytest.raises(UserError, match=r"name='cifar10_fastnet' \(zoo: 'cifar10_fastnet_muon'\)"):
+        finished_run(directory, recipe)
     (directory / "summary.json").write_text("{not json")
     with pytest.raises(UserError, match="not a readable training summary"):
-        finished_run(directory, "cifar10_fastnet_muon", 0)
+        finished_run(directory, recipe)
+    (directory / "summary.json").unlink()
+    assert not finished_run(directory, recipe)
 
 
 # ------------------------------------------------------------------ a real build
