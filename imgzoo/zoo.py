@@ -178,9 +178,8 @@ def exported_version(
     if not model_dir.is_dir():
         return None
     wanted = sorted(sha256_file(p) for p in checkpoints)
-    for version_dir in sorted(model_dir.iterdir()):
-        if not (version_dir.is_dir() and version_dir.name.isdigit()):
-            continue
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    for version_dir in sorted(versions, key=lambda p: int(p.name)):
         try:
             manifest = load_manifest(version_dir)
         except ManifestError:
