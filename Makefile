@@ -37,6 +37,10 @@ run: install
 # The model zoo into model_repository (`imgzoo zoo --list` shows it); hours of CPU per data set.
 ZOO_DATA ?=
 zoo: install
+	@if [ -z "$(ZOO_DATA)" ]; then \
+		$(BIN)/imgzoo zoo --list; \
+		echo "make zoo ZOO_DATA='cifar10=DIR fer2013=DIR butterfly=DIR' builds it"; exit 2; \
+	fi
 	$(BIN)/imgzoo zoo $(foreach d,$(ZOO_DATA),--data $(d))
 
 lint: install
