@@ -140,6 +140,7 @@ def train_member(
     device: str,
     progress: bool,
     say: Callable[[str], None],
+    download: bool = False,
 ) -> Path:
     """best.pt of `recipe` trained into `directory`: reused, resumed or trained from scratch."""
     from training.engine import train
@@ -153,7 +154,7 @@ def train_member(
     say(f"      {verb}")
     result = train(
         recipe, data_root=data_root, out_dir=directory, device=device, progress=progress,
-        resume=resume,
+        resume=resume, download=download,
     )  # fmt: skip
     if not result.completed:
         raise UserError(f"{directory}: the run stopped before its last epoch")
@@ -212,16 +213,20 @@ def build_entry(
     progress: bool = True,
     adjust: Callable[[Recipe], Recipe] | None = None,
     say: Callable[[str], None] = print,
+    download: bool = False,
 ) -> Built:
     """Train what is missing of `entry`, then export it unless the repository has it already.
 
     `adjust` changes the recipe before training (the tests shrink it); seeds stay the entry's.
+    `download` fetches the data set into `data_root` when it holds none (where its library can).
     """
     from export.api import export_checkpoint
     from training.recipes import get_recipe
 
     base = get_recipe(entry.recipe)
     recipe = adjust(base) if adjust is not None else base
+    # Images already there in the folder layout (`train/<class>/`) are used, not downloaded.
+    fetch = download and downloadable(entry.dataset) and not (data_root / "train").is_dir()
     checkpoints = []
     for seed in entry.seeds:
         say(f"  {entry.dataset}: {entry.recipe}, seed {seed}")
@@ -233,6 +238,7 @@ def build_entry(
                 device=device,
                 progress=progress,
                 say=say,
+                download=fetch,
             )
         )
     found = exported_version(repository, entry, checkpoints)
@@ -270,6 +276,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="where a data set lives (repeat); only data sets given here are built",
     )
     parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download a data set whose library can (CIFAR-10) into its --data directory "
+        "when that holds none",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="print the zoo's entries and their recorded figures"
     )
     parser.add_argument(
@@ -289,8 +301,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_data(values: Iterable[str]) -> dict[str, Path]:
-    """`DATASET=DIR` arguments as a mapping; each data set in the zoo, each directory real."""
+def downloadable(dataset: str) -> bool:
+    """Whether `imgzoo train --download` can fetch `dataset` (torchvision's CIFAR-10 can)."""
+    from training.datasets import dataset_spec
+
+    return dataset_spec(dataset).download_hint is None
+
+
+def parse_data(values: Iterable[str], *, download: bool = False) -> dict[str, Path]:
+    """`DATASET=DIR` arguments as a mapping; each data set in the zoo, each directory real
+    (or, with `download`, about to be filled by the download)."""
     roots: dict[str, Path] = {}
     for value in values:
         name, sep, directory = value.partition("=")
@@ -300,8 +320,14 @@ def parse_data(values: Iterable[str]) -> dict[str, Path]:
         if name in roots:
             raise UserError(f"--data names {name} twice")
         path = Path(directory).expanduser()
-        if not path.is_dir():
+        if path.exists() and not path.is_dir():
             raise UserError(f"--data {name}: {path} is not a directory")
+        if not path.exists() and not (download and downloadable(name)):
+            from training.datasets import dataset_spec
+
+            hint = dataset_spec(name).download_hint
+            how = f"; {hint}" if hint else " (--download fetches it)"
+            raise UserError(f"--data {name}: {path} is not a directory{how}")
         roots[name] = path
     return roots
 
@@ -329,6 +355,7 @@ def build_zoo(
     progress: bool = True,
     adjust: Callable[[Recipe], Recipe] | None = None,
     say: Callable[[str], None] = print,
+    download: bool = False,
 ) -> list[Built]:
     """Build the `entries` whose data set is in `roots`, in their order."""
     built = []
@@ -345,6 +372,7 @@ def build_zoo(
                 progress=progress,
                 adjust=adjust,
                 say=say,
+                download=download,
             )
         )
     return built
@@ -370,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(describe_zoo())
         return 0
-    roots = parse_data(args.data)
+    roots = parse_data(args.data, download=args.download)
     if not roots:
         raise UserError(
             "no data set given: pass --data DATASET=DIR for each one to build "
@@ -385,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         runs=args.runs,
         device=args.device,
         progress=not args.no_progress,
+        download=args.download,
     )
     print(describe_built(built))
     return 0

@@ -66,6 +66,38 @@ def test_bad_arguments_exit_2_before_any_work(
     assert not runs.exists() and not repository.exists()
 
 
+def test_download_is_offered_only_where_the_library_can_fetch_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nothing-yet"
+    # CIFAR-10 can be downloaded into a directory that does not exist yet ...
+    assert parse_data([f"cifar10={missing}"], download=True) == {"cifar10": missing}
+    # ... FER2013 cannot: the error says where to get it.
+    args = ["zoo", "--download", "--data", f"fer2013={missing}", "--runs", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "download FER2013 (msambare/fer2013) from Kaggle" in capsys.readouterr().err
+
+
+def test_an_offline_download_fails_with_a_clear_message_and_writes_no_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.error
+
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    runs, repository = tmp_path / "runs", tmp_path / "repo"
+    args = ["zoo", "--download", "--data", f"cifar10={tmp_path / 'cifar10'}", "--no-progress"]
+    assert main([*args, "--runs", str(runs), "--repository", str(repository)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download CIFAR-10" in err and "Temporary failure in name resolution" in err
+    assert not list(runs.rglob("*.pt")) and not repository.exists()
+
+
 def test_parse_data_maps_each_data_set_to_its_directory(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -128,9 +160,19 @@ def _shrink(recipe: Recipe) -> Recipe:
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_a_build_trains_resumes_exports_measures_and_then_reuses(
-    shared_subset: SubsetFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_subset: SubsetFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import torchvision.datasets
+
     from training.datasets import load_data
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the build tried to download CIFAR-10 over images it has")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
     from training.engine import train
 
     extracted = shared_subset("cifar10-train-a.tar.gz", 60, ("train",))
@@ -151,9 +193,10 @@ def test_a_build_trains_resumes_exports_measures_and_then_reuses(
     assert not cut.completed
 
     def build() -> list[Built]:
+        # `download`: images already in the folder layout are used, never fetched.
         return build_zoo(
             {"cifar10": root}, entries=(entry,), repository=repository, runs=runs, device="cpu",
-            progress=False, adjust=_shrink,
+            progress=False, adjust=_shrink, download=True,
         )  # fmt: skip
 
     built = build()
