@@ -167,7 +167,7 @@ function renderZoo() {
       const row = el(
         "tr",
         { "data-model": `${model.dataset}/${model.model}` },
-        el("td", { class: "model-name", text: model.model }),
+        el("td", { class: "model-name" }, model.model, graphNote(v)),
         el("td", {
           text: model.versions.map((x) => `v${x.version}`).join(", "),
           title: `default: v${model.default_version}`,
@@ -185,6 +185,17 @@ function renderZoo() {
     }
     zoo.append(el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), body)));
   }
+}
+
+// What one request costs a composite graph (ensemble and / or TTA): null for a plain network.
+function graphNote(version) {
+  const c = version.composition;
+  if (!c) return null;
+  const architectures = [...new Set(c.members.map((m) => m.architecture))].join(" + ");
+  const tta = c.tta ? ` · TTA ${c.tta}` : "";
+  const count = c.members.length > 1 ? `${c.members.length}× ` : "";
+  const text = `${count}${architectures}${tta} · ${c.views} passes / image`;
+  return el("div", { class: "graph", text });
 }
 
 function renderFailures(failures) {

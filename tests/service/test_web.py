@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imgzoo.manifest import MANIFEST_FILENAME, Composition, EnsembleMember, load_manifest
 from service.routers.web import STATIC_DIR
 from tests.conftest import SHARED_DATA, SubsetFactory, require_tool
 from tests.service.conftest import LiveServer, Repository, copy_version, serve
@@ -73,10 +74,24 @@ def test_the_page_can_be_turned_off(model_repository: Repository, tmp_path: Path
 def zoo_server(
     model_repository: Repository, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """Two CIFAR-10 models to compare (the same weights under two names) and a gray one."""
+    """Two CIFAR-10 models to compare (the same weights under two names) and a gray one.
+
+    `fastnet_b`'s manifest describes it as a two-network graph with TTA, which is all the page
+    reads of a composition (the graph itself stays the plain one).
+    """
     root = tmp_path_factory.mktemp("zoo")
     copy_version(root, model_repository.fastnet)
-    copy_version(root, model_repository.fastnet, model="fastnet_b")
+    composite = copy_version(root, model_repository.fastnet, model="fastnet_b")
+    manifest = load_manifest(composite)
+    member = EnsembleMember(
+        recipe=manifest.training.recipe, architecture="fastnet", seed=0, epochs=1, seconds=1.0,
+        checkpoint_sha256="0" * 64,
+    )  # fmt: skip
+    composition = Composition(
+        tta=2, views=12, combine="mean_log_softmax", members=[member, member.model_copy()]
+    )
+    with_composition = manifest.model_copy(update={"composition": composition})
+    (composite / MANIFEST_FILENAME).write_text(with_composition.to_json())
     copy_version(root, model_repository.gray)
     with serve(root, api_keys=(KEY,), max_batch_size=4) as live:
         yield live
@@ -165,6 +180,16 @@ def test_a_real_browser_classifies_an_upload_like_the_api(
         "cifar10/fastnet",
         "cifar10/fastnet_b",
         "gray/tiny",
+    }
+    # A composite graph says what a request costs it; a plain network has no such line.
+    notes = {
+        row.get_attribute("data-model"): [g.text for g in row.find_elements(By.CLASS_NAME, "graph")]
+        for row in zoo_rows
+    }
+    assert notes == {
+        "cifar10/fastnet": [],
+        "cifar10/fastnet_b": ["2× fastnet · TTA 2 · 12 passes / image"],
+        "gray/tiny": [],
     }
     assert browser.find_element(By.ID, "auth").is_displayed()  # the service has API keys
 
