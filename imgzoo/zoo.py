@@ -203,40 +203,42 @@ class Built:
     """False when an existing version already held these checkpoints."""
 
 
-def build_entry(
-    entry: ZooEntry,
-    *,
-    data_root: Path,
-    repository: Path,
-    runs: Path,
-    device: str = "auto",
-    progress: bool = True,
-    adjust: Callable[[Recipe], Recipe] | None = None,
-    say: Callable[[str], None] = print,
-    download: bool = False,
-) -> Built:
-    """Train what is missing of `entry`, then export it unless the repository has it already.
+@dataclass(frozen=True)
+class BuildOptions:
+    """How zoo entries are built (the command line's options)."""
 
-    `adjust` changes the recipe before training (the tests shrink it); seeds stay the entry's.
-    `download` fetches the data set into `data_root` when it holds none (where its library can).
-    """
+    repository: Path = DEFAULT_REPOSITORY
+    runs: Path = DEFAULT_RUNS
+    """Training runs go to `<runs>/<recipe>-s<seed>/` and are reused from there."""
+    device: str = "auto"
+    progress: bool = True
+    download: bool = False
+    """Fetch a data set into its root when that holds no images (where its library can)."""
+    adjust: Callable[[Recipe], Recipe] | None = None
+    """Changes each recipe before training (the tests shrink it); seeds stay the entry's."""
+    say: Callable[[str], None] = print
+
+
+def build_entry(entry: ZooEntry, data_root: Path, options: BuildOptions) -> Built:
+    """Train what is missing of `entry`, then export it unless the repository has it already."""
     from export.api import export_checkpoint
     from training.recipes import get_recipe
 
+    say, repository = options.say, options.repository
     base = get_recipe(entry.recipe)
-    recipe = adjust(base) if adjust is not None else base
+    recipe = options.adjust(base) if options.adjust is not None else base
     # Images already there in the folder layout (`train/<class>/`) are used, not downloaded.
-    fetch = download and downloadable(entry.dataset) and not (data_root / "train").is_dir()
+    fetch = options.download and downloadable(entry.dataset) and not (data_root / "train").is_dir()
     checkpoints = []
     for seed in entry.seeds:
         say(f"  {entry.dataset}: {entry.recipe}, seed {seed}")
         checkpoints.append(
             train_member(
                 recipe.override(seed=seed),
-                run_dir(runs, entry.recipe, seed),
+                run_dir(options.runs, entry.recipe, seed),
                 data_root=data_root,
-                device=device,
-                progress=progress,
+                device=options.device,
+                progress=options.progress,
                 say=say,
                 download=fetch,
             )
@@ -252,7 +254,7 @@ def build_entry(
         dataset=entry.dataset,
         model=entry.model,
         data_root=data_root,
-        progress=progress,
+        progress=options.progress,
         tta=entry.tta,
     )
     return Built(entry, result.manifest, exported=True)
@@ -346,35 +348,14 @@ def describe_zoo() -> str:
 
 
 def build_zoo(
-    roots: Mapping[str, Path],
-    *,
-    entries: Sequence[ZooEntry] = ZOO,
-    repository: Path,
-    runs: Path,
-    device: str = "auto",
-    progress: bool = True,
-    adjust: Callable[[Recipe], Recipe] | None = None,
-    say: Callable[[str], None] = print,
-    download: bool = False,
+    roots: Mapping[str, Path], options: BuildOptions, *, entries: Sequence[ZooEntry] = ZOO
 ) -> list[Built]:
     """Build the `entries` whose data set is in `roots`, in their order."""
     built = []
     wanted = [e for e in entries if e.dataset in roots]
     for i, entry in enumerate(wanted, 1):
-        say(f"[{i}/{len(wanted)}] {entry.dataset}/{entry.model} from {entry.recipe}")
-        built.append(
-            build_entry(
-                entry,
-                data_root=roots[entry.dataset],
-                repository=repository,
-                runs=runs,
-                device=device,
-                progress=progress,
-                adjust=adjust,
-                say=say,
-                download=download,
-            )
-        )
+        options.say(f"[{i}/{len(wanted)}] {entry.dataset}/{entry.model} from {entry.recipe}")
+        built.append(build_entry(entry, roots[entry.dataset], options))
     return built
 
 
@@ -407,13 +388,13 @@ def run(args: argparse.Namespace) -> int:
     missing = [e.dataset for e in ZOO if e.dataset not in roots]
     if missing:
         print(f"not building {', '.join(missing)} (no --data for it)")
-    built = build_zoo(
-        roots,
+    options = BuildOptions(
         repository=args.repository,
         runs=args.runs,
         device=args.device,
         progress=not args.no_progress,
         download=args.download,
     )
+    built = build_zoo(roots, options)
     print(describe_built(built))
     return 0

@@ -15,7 +15,7 @@ from imgzoo.cli import main
 from imgzoo.errors import UserError
 from imgzoo.manifest import ONNX_FILENAME, load_manifest, sha256_file, verify_files
 from imgzoo.names import is_valid_name
-from imgzoo.zoo import ZOO, Built, ZooEntry, build_zoo, parse_data, run_dir
+from imgzoo.zoo import ZOO, BuildOptions, Built, ZooEntry, build_zoo, parse_data, run_dir
 from tests.conftest import SubsetFactory
 from training.recipes import RECIPES, Recipe
 
@@ -194,10 +194,11 @@ def test_a_build_trains_resumes_exports_measures_and_then_reuses(
 
     def build() -> list[Built]:
         # `download`: images already in the folder layout are used, never fetched.
-        return build_zoo(
-            {"cifar10": root}, entries=(entry,), repository=repository, runs=runs, device="cpu",
-            progress=False, adjust=_shrink, download=True,
+        options = BuildOptions(
+            repository=repository, runs=runs, device="cpu", progress=False, download=True,
+            adjust=_shrink,
         )  # fmt: skip
+        return build_zoo({"cifar10": root}, options, entries=(entry,))
 
     built = build()
     out = capsys.readouterr().out
