@@ -17,6 +17,7 @@ from imgzoo.manifest import ONNX_FILENAME, load_manifest, sha256_file, verify_fi
 from imgzoo.names import is_valid_name
 from imgzoo.zoo import ZOO, BuildOptions, Built, ZooEntry, build_zoo, parse_data, run_dir
 from tests.conftest import SubsetFactory
+from tests.training.conftest import shrink_for, shrunk
 from training.recipes import RECIPES, Recipe
 
 # ------------------------------------------------------------------ the plan
@@ -142,19 +143,7 @@ _CLASSES = ("airplane", "automobile", "frog")
 
 
 def _shrink(recipe: Recipe) -> Recipe:
-    return recipe.override(
-        image_size=16,
-        epochs=3,
-        batch_size=16,
-        eval_batch_size=128,
-        crop_padding=1,
-        cutout=0,
-        whiten_images=min(recipe.whiten_images, 256),
-        val_fraction=0.3,
-        amp="off",  # float32: the exported graph and the checkpoint agree exactly
-        channels_last=False,
-        compile=False,
-    )
+    return shrunk(recipe, shrink_for(recipe))
 
 
 @pytest.mark.slow

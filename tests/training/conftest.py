@@ -1,12 +1,15 @@
-"""Shared pieces of the training-loop tests: a tiny, fast demo recipe, one thread."""
+"""Shared pieces of the training tests: a tiny, fast demo recipe, recipes shrunk to seconds,
+one thread."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import torch
 
+from training.datasets import dataset_spec
 from training.recipes import Recipe, get_recipe
 
 
@@ -31,3 +34,47 @@ def tiny_recipe(**changes: object) -> Recipe:
         whiten_images=256,
     )
     return base.override(**changes)
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """How a recipe is cut down for the test."""
+
+    image_size: int
+    epochs: int
+    batch_size: int
+    limit_per_class: int
+
+
+def shrink_for(recipe: Recipe) -> Shrink:
+    if recipe.model == "vgg19":  # five max-pools: 32 px is its floor
+        return Shrink(image_size=32, epochs=4, batch_size=8, limit_per_class=12)
+    if recipe.model == "resnet50":
+        return Shrink(image_size=16, epochs=4, batch_size=8, limit_per_class=12)
+    if recipe.model == "resnet18":
+        return Shrink(image_size=16, epochs=3, batch_size=16, limit_per_class=60)
+    return Shrink(image_size=16, epochs=3, batch_size=16, limit_per_class=80)
+
+
+def shrunk(recipe: Recipe, s: Shrink) -> Recipe:
+    # Pixel-sized augmentation shrinks with the image: butterfly's 16 px cutout at 16 px
+    # would erase the whole picture.
+    native = recipe.image_size or dataset_spec(recipe.dataset).image_size
+    scale = s.image_size / native
+    return recipe.override(
+        image_size=s.image_size,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        crop_padding=round(recipe.crop_padding * scale),
+        cutout=round(recipe.cutout * scale),
+        eval_batch_size=128,
+        warmup_epochs=min(recipe.warmup_epochs, 0.5),
+        whiten_images=min(recipe.whiten_images, 256),
+        val_fraction=0.3,
+        # An EMA horizon of 1,000 steps suits a 60-epoch run; for ~30 steps, shrink it alike.
+        ema_decay=min(recipe.ema_decay, 0.8),
+        # float32 so the exported graph and the checkpoint's figures agree exactly.
+        amp="off",
+        channels_last=False,
+        compile=False,
+    )

@@ -26,8 +26,8 @@ import torch
 
 from imgzoo.manifest import ONNX_FILENAME, load_manifest, verify_files
 from tests.conftest import SubsetFactory
-from training.datasets import dataset_spec
-from training.recipes import RECIPES, Recipe
+from tests.training.conftest import shrink_for, shrunk
+from training.recipes import RECIPES
 from training.sweep_report import METRICS_FILE, read_metrics
 
 
@@ -61,50 +61,6 @@ LOSS_ONLY: dict[str, str] = {
     # Measured: train accuracy 71 %, validation 60 % of 48 images after 3 epochs.
     "fer2013_fastnet": "faces at 16 px from ~100 images overfit before they generalise",
 }
-
-
-@dataclass(frozen=True)
-class Shrink:
-    """How a recipe is cut down for the test."""
-
-    image_size: int
-    epochs: int
-    batch_size: int
-    limit_per_class: int
-
-
-def shrink_for(recipe: Recipe) -> Shrink:
-    if recipe.model == "vgg19":  # five max-pools: 32 px is its floor
-        return Shrink(image_size=32, epochs=4, batch_size=8, limit_per_class=12)
-    if recipe.model == "resnet50":
-        return Shrink(image_size=16, epochs=4, batch_size=8, limit_per_class=12)
-    if recipe.model == "resnet18":
-        return Shrink(image_size=16, epochs=3, batch_size=16, limit_per_class=60)
-    return Shrink(image_size=16, epochs=3, batch_size=16, limit_per_class=80)
-
-
-def shrunk(recipe: Recipe, s: Shrink) -> Recipe:
-    # Pixel-sized augmentation shrinks with the image: butterfly's 16 px cutout at 16 px
-    # would erase the whole picture.
-    native = recipe.image_size or dataset_spec(recipe.dataset).image_size
-    scale = s.image_size / native
-    return recipe.override(
-        image_size=s.image_size,
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        crop_padding=round(recipe.crop_padding * scale),
-        cutout=round(recipe.cutout * scale),
-        eval_batch_size=128,
-        warmup_epochs=min(recipe.warmup_epochs, 0.5),
-        whiten_images=min(recipe.whiten_images, 256),
-        val_fraction=0.3,
-        # An EMA horizon of 1,000 steps suits a 60-epoch run; for ~30 steps, shrink it alike.
-        ema_decay=min(recipe.ema_decay, 0.8),
-        # float32 so the exported graph and the checkpoint's figures agree exactly.
-        amp="off",
-        channels_last=False,
-        compile=False,
-    )
 
 
 def _data_root(plan: DataPlan, shared_subset: SubsetFactory, tmp_path: Path) -> Path | None:
