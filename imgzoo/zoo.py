@@ -227,8 +227,8 @@ def build_entry(entry: ZooEntry, data_root: Path, options: BuildOptions) -> Buil
     say, repository = options.say, options.repository
     base = get_recipe(entry.recipe)
     recipe = options.adjust(base) if options.adjust is not None else base
-    # Images already there in the folder layout (`train/<class>/`) are used, not downloaded.
-    fetch = options.download and downloadable(entry.dataset) and not (data_root / "train").is_dir()
+    # The loader itself uses images already there rather than downloading over them.
+    fetch = options.download and downloadable(entry.dataset)
     checkpoints = []
     for seed in entry.seeds:
         say(f"  {entry.dataset}: {entry.recipe}, seed {seed}")

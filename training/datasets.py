@@ -534,7 +534,8 @@ def _load_named(
 
 def _load_cifar10(root: Path, spec: DatasetSpec, opts: _Options, download: bool) -> _Loaded:
     batches = find_batches_dir(root) if root.is_dir() else None
-    if batches is None and download:
+    # Images already there in the folder layout (`train/<class>/`) are used, not downloaded.
+    if batches is None and download and not (root / "train").is_dir():
         batches = download_cifar10(root)
     if batches is not None:
         return _load_cifar_batches(batches, opts)
