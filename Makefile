@@ -35,13 +35,16 @@ run: install
 	$(BIN)/imgzoo demo
 
 # The model zoo into model_repository (`imgzoo zoo --list` shows it); hours of CPU per data set.
+# tcmalloc keeps a training step's freed activations mapped instead of faulting them in afresh
+# (training/host.py, docs/training.md): preloaded where installed (make system-deps).
+TCMALLOC ?= $(firstword $(wildcard $(foreach d,x86_64-linux-gnu aarch64-linux-gnu,/usr/lib/$(d)/libtcmalloc_minimal.so.4)))
 ZOO_DATA ?=
 zoo: install
 	@if [ -z "$(ZOO_DATA)" ]; then \
 		$(BIN)/imgzoo zoo --list; \
 		echo "make zoo ZOO_DATA='cifar10=DIR fer2013=DIR butterfly=DIR' builds it"; exit 2; \
 	fi
-	$(BIN)/imgzoo zoo $(foreach d,$(ZOO_DATA),--data $(d))
+	LD_PRELOAD="$(TCMALLOC)" $(BIN)/imgzoo zoo $(foreach d,$(ZOO_DATA),--data $(d))
 
 lint: install
 	$(BIN)/ruff check .

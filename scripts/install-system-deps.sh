@@ -3,14 +3,17 @@
 #   prometheus -> promtool (checks the live /metrics output)
 #   chromium + chromium-driver -> the web page tested in a real headless browser
 #   hey -> issue 7's HTTP load generator, `imgzoo bench serve --client hey`
+#   libtcmalloc-minimal4 -> the allocator CPU training runs faster with (training/host.py)
 # Without root or apt the tests that need them skip with a reason.
 set -euo pipefail
-packages=(prometheus chromium chromium-driver hey)
+packages=(prometheus chromium chromium-driver hey libtcmalloc-minimal4)
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v hey >/dev/null 2>&1 || missing+=(hey)
+# grep without -q reads all of ldconfig's output: no SIGPIPE for pipefail to catch.
+[ -n "$(/sbin/ldconfig -p 2>/dev/null | grep 'libtcmalloc_minimal\.so\.4 ')" ] || missing+=(libtcmalloc-minimal4)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -18,6 +18,7 @@ from torch import nn
 
 from models.preprocess import InputPreprocess
 from training.augment import augment_batch
+from training.host import host_report
 
 # Per data set: (channels, input size, classes) of its native input.
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
@@ -63,6 +64,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(dev),
+        **host_report(),
     }
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)

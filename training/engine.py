@@ -44,6 +44,7 @@ from training.checkpoint import Checkpoint, DataInfo, load_checkpoint
 from training.distributed import DistContext
 from training.ema import ModelEma
 from training.errors import TrainingError
+from training.host import host_report, malloc_hint
 from training.lookahead import Lookahead
 from training.optim import build_optimizer
 from training.recipes import Recipe
@@ -667,6 +668,9 @@ def _train_loop(
             end_epoch,
             recipe.epochs,
         )
+        hint = malloc_hint() if device.type == "cpu" else None
+        if hint is not None:
+            log.info(hint)
     train_x = bundle.train.images.to(device)
     train_y = bundle.train.labels.to(device)
     val_x = bundle.val.images.to(device)
@@ -882,6 +886,8 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, f
         "threads": torch.get_num_threads(),
         "world_size": run.ctx.world_size,
         "torch": torch.__version__,
+        # malloc and CPU flags change a CPU run's speed as much as its recipe (training/host.py).
+        **host_report(),
         "data": {
             "dataset": run.info.dataset,
             "train_images": len(bundle.train),

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from imgzoo.cli import main
+from training.host import cpu_flags, loaded_malloc
 
 
 def test_bench_train_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,6 +38,8 @@ def test_bench_train_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["parameters"] > 100_000
         assert r["compiled"] is False and r["warmup_seconds"] < 0.05  # no warmup step
     assert data["machine"]["torch"] and data["machine"]["device"] == "cpu"
+    assert data["machine"]["malloc"] == loaded_malloc()
+    assert data["machine"]["cpu_flags"] == cpu_flags()
 
 
 def test_bench_unknown_dataset(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ from training.engine import (
     train,
 )
 from training.errors import TrainingError
+from training.host import cpu_flags, loaded_malloc
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,8 @@ def test_plots_and_summary_written(demo_run: TrainResult) -> None:
     confusion = summary["val_report"]["confusion"]
     assert len(confusion) == 8 and sum(map(sum, confusion)) == summary["data"]["val_images"]
     assert json.loads((demo_run.run_dir / "recipe.json").read_text())["ema_decay"] == 0.9
+    # What the pytest process runs on, as training/host.py sees it.
+    assert summary["malloc"] == loaded_malloc() and summary["cpu_flags"] == cpu_flags()
 
 
 def test_ema_weights_are_the_ones_checkpointed(demo_run: TrainResult) -> None:
@@ -280,3 +283,36 @@ def test_rotation_and_zoom_reach_the_training_batches(tmp_path: Path) -> None:
     a, b, c = (_weights(run.last_checkpoint) for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same batches
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the affine step changed them
+
+
+def test_cpu_training_logs_the_malloc_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import training.engine as engine
+
+    monkeypatch.setattr(engine, "malloc_hint", lambda: "malloc: LD_PRELOAD=/x/libtcmalloc.so.4")
+    recipe = tiny_recipe(epochs=1)
+    with caplog.at_level("INFO", logger="training.engine"):
+        train(
+            recipe,
+            data_root=None,
+            out_dir=tmp_path,
+            device="cpu",
+            progress=False,
+            limit_per_class=8,
+        )
+    assert [r.message for r in caplog.records].count("malloc: LD_PRELOAD=/x/libtcmalloc.so.4") == 1
+    # Nothing to suggest (tcmalloc already loaded, or not Linux): nothing logged.
+    monkeypatch.setattr(engine, "malloc_hint", lambda: None)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="training.engine"):
+        train(
+            recipe,
+            data_root=None,
+            out_dir=tmp_path / "b",
+            device="cpu",
+            progress=False,
+            limit_per_class=8,
+        )
+    assert not [r for r in caplog.records if r.message.startswith("malloc:")]
+    assert any(r.message.startswith("training demo_fastnet") for r in caplog.records)
