@@ -668,7 +668,8 @@ def _train_loop(
             end_epoch,
             recipe.epochs,
         )
-        hint = malloc_hint() if device.type == "cpu" else None
+        batch_pixels = recipe.batch_size * bundle.train.images[0, 0].numel()
+        hint = malloc_hint(batch_pixels) if device.type == "cpu" else None
         if hint is not None:
             log.info(hint)
     train_x = bundle.train.images.to(device)

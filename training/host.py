@@ -39,6 +39,10 @@ LIBRARY_DIRS = (
     "/usr/local/lib",
 )
 
+LARGE_BATCH_PIXELS = 512 * 32 * 32
+"""Input pixels per batch from which the allocator matters on the CPU: fastnet at 32 px gained
+nothing from tcmalloc at batch 256, 8% at batch 1024 and 36% at batch 2000 (docs/training.md)."""
+
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 """The /proc/cpuinfo flags that decide which kernels oneDNN runs (float32 vs native bf16)."""
 
@@ -91,8 +95,14 @@ def host_report() -> dict[str, object]:
     return {"malloc": loaded_malloc(), "cpu_flags": cpu_flags()}
 
 
-def malloc_hint() -> str | None:
-    """One line saying how to train faster on the CPU, or None when nothing is to be gained."""
+def malloc_hint(batch_pixels: int) -> str | None:
+    """One line saying how to train faster on the CPU, or None when nothing is to be gained.
+
+    batch_pixels: input pixels per training batch (batch size x height x width); small
+    batches' activations stay under glibc's mmap threshold and gain nothing.
+    """
+    if batch_pixels < LARGE_BATCH_PIXELS:
+        return None
     if not sys.platform.startswith("linux") or loaded_malloc() != SYSTEM_MALLOC:
         return None
     library = find_tcmalloc()

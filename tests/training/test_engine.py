@@ -13,6 +13,7 @@ import torch
 from tests.training.conftest import tiny_recipe
 from training.checkpoint import DataInfo, load_checkpoint
 from training.datasets import load_data
+from training.demo_data import DEMO_IMAGE_SIZE
 from training.engine import (
     METRIC_KEYS,
     TrainResult,
@@ -290,7 +291,13 @@ def test_cpu_training_logs_the_malloc_hint(
 ) -> None:
     import training.engine as engine
 
-    monkeypatch.setattr(engine, "malloc_hint", lambda: "malloc: LD_PRELOAD=/x/libtcmalloc.so.4")
+    asked: list[int] = []
+
+    def hint(batch_pixels: int) -> str:
+        asked.append(batch_pixels)
+        return "malloc: LD_PRELOAD=/x/libtcmalloc.so.4"
+
+    monkeypatch.setattr(engine, "malloc_hint", hint)
     recipe = tiny_recipe(epochs=1)
     with caplog.at_level("INFO", logger="training.engine"):
         train(
@@ -302,8 +309,9 @@ def test_cpu_training_logs_the_malloc_hint(
             limit_per_class=8,
         )
     assert [r.message for r in caplog.records].count("malloc: LD_PRELOAD=/x/libtcmalloc.so.4") == 1
+    assert asked == [recipe.batch_size * DEMO_IMAGE_SIZE**2]  # one channel's pixels per batch
     # Nothing to suggest (tcmalloc already loaded, or not Linux): nothing logged.
-    monkeypatch.setattr(engine, "malloc_hint", lambda: None)
+    monkeypatch.setattr(engine, "malloc_hint", lambda batch_pixels: None)
     caplog.clear()
     with caplog.at_level("INFO", logger="training.engine"):
         train(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from training.host import (
+    LARGE_BATCH_PIXELS,
     SYSTEM_MALLOC,
     cpu_flags,
     find_tcmalloc,
@@ -79,8 +80,8 @@ def _run_probe(preload: Path | None) -> list[str]:
     if preload is not None:
         env["LD_PRELOAD"] = str(preload)
     code = (
-        "from training.host import loaded_malloc, malloc_hint\n"
-        "print(loaded_malloc()); print(malloc_hint())\n"
+        "from training.host import LARGE_BATCH_PIXELS, loaded_malloc, malloc_hint\n"
+        "print(loaded_malloc()); print(malloc_hint(LARGE_BATCH_PIXELS))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
@@ -110,7 +111,10 @@ def test_the_hint_without_tcmalloc_says_how_to_get_it(monkeypatch: pytest.Monkey
     monkeypatch.setattr(host.sys, "platform", "linux")
     monkeypatch.setattr(host, "loaded_malloc", lambda: SYSTEM_MALLOC)
     monkeypatch.setattr(host, "find_tcmalloc", lambda: None)
-    hint = malloc_hint()
+    hint = malloc_hint(2000 * 32 * 32)
     assert hint is not None and "apt install libtcmalloc-minimal4" in hint
+    # Batches too small for the allocator to matter (batch 256 at 32 px gained nothing).
+    assert malloc_hint(256 * 32 * 32) is None
+    assert malloc_hint(LARGE_BATCH_PIXELS) is not None
     monkeypatch.setattr(host, "loaded_malloc", lambda: "jemalloc")
-    assert malloc_hint() is None
+    assert malloc_hint(2000 * 32 * 32) is None
