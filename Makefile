@@ -37,7 +37,8 @@ run: install
 # The model zoo into model_repository (`imgzoo zoo --list` shows it); hours of CPU per data set.
 # tcmalloc keeps a training step's freed activations mapped instead of faulting them in afresh
 # (training/host.py, docs/training.md): preloaded where installed (make system-deps).
-TCMALLOC ?= $(firstword $(wildcard $(foreach d,x86_64-linux-gnu aarch64-linux-gnu,/usr/lib/$(d)/libtcmalloc_minimal.so.4)))
+# Found by training/host.py's own search, evaluated when the recipe runs (after install).
+TCMALLOC ?= $(shell $(BIN)/python -c 'from training.host import find_tcmalloc; print(find_tcmalloc() or "")')
 ZOO_DATA ?=
 zoo: install
 	@if [ -z "$(ZOO_DATA)" ]; then \

@@ -303,11 +303,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
-def downloadable(dataset: str) -> bool:
-    """Whether `imgzoo train --download` can fetch `dataset` (torchvision's CIFAR-10 can)."""
+def _download_hint(dataset: str) -> str | None:
+    """Where to get `dataset` by hand; None when `--download` can fetch it (CIFAR-10)."""
     from training.datasets import dataset_spec
 
-    return dataset_spec(dataset).download_hint is None
+    return dataset_spec(dataset).download_hint
+
+
+def downloadable(dataset: str) -> bool:
+    """Whether `imgzoo train --download` can fetch `dataset` (torchvision's CIFAR-10 can)."""
+    return _download_hint(dataset) is None
 
 
 def parse_data(values: Iterable[str], *, download: bool = False) -> dict[str, Path]:
@@ -324,12 +329,11 @@ def parse_data(values: Iterable[str], *, download: bool = False) -> dict[str, Pa
         path = Path(directory).expanduser()
         if path.exists() and not path.is_dir():
             raise UserError(f"--data {name}: {path} is not a directory")
-        if not path.exists() and not (download and downloadable(name)):
-            from training.datasets import dataset_spec
-
-            hint = dataset_spec(name).download_hint
-            how = f"; {hint}" if hint else " (--download fetches it)"
-            raise UserError(f"--data {name}: {path} is not a directory{how}")
+        if not path.exists():
+            hint = _download_hint(name)
+            if hint is not None or not download:
+                how = f"; {hint}" if hint else " (--download fetches it)"
+                raise UserError(f"--data {name}: {path} is not a directory{how}")
         roots[name] = path
     return roots
 

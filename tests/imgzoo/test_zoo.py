@@ -157,12 +157,12 @@ def test_a_build_trains_resumes_exports_measures_and_then_reuses(
     import torchvision.datasets
 
     from training.datasets import load_data
+    from training.engine import train
 
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError("the build tried to download CIFAR-10 over images it has")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
-    from training.engine import train
 
     extracted = shared_subset("cifar10-train-a.tar.gz", 60, ("train",))
     root = tmp_path / "data"
