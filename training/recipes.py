@@ -556,7 +556,6 @@ RECIPES: dict[str, Recipe] = {
             batch_size=256,
             optimizer="sgd",
             lr=0.2,
-            momentum=0.9,
             weight_decay=5e-4,
             schedule="onecycle",
             warmup_epochs=3.0,
