@@ -101,7 +101,7 @@ def train_and_export(args: argparse.Namespace) -> None:
     )
     test = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.2%}"
     print(
-        f"      best validation accuracy {result.best_val_accuracy:.2%} (epoch "
+        f"      validation accuracy {result.final_val_accuracy:.2%} (epoch "
         f"{result.best_epoch}), test accuracy {test}, {result.seconds:.0f} s -> {result.run_dir}"
     )
     print(f"[2/3] exporting {result.best_checkpoint} into {args.repository}")

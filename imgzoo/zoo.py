@@ -160,7 +160,7 @@ def train_member(
         raise UserError(f"{directory}: the run stopped before its last epoch")
     tta = "" if result.val_accuracy_tta is None else f", {result.val_accuracy_tta:.2%} with TTA"
     say(
-        f"      best validation accuracy {result.best_val_accuracy:.2%}{tta} "
+        f"      validation accuracy {result.final_val_accuracy:.2%}{tta} "
         f"(epoch {result.best_epoch}), {result.seconds:.0f} s"
     )
     return result.best_checkpoint

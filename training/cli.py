@@ -216,7 +216,7 @@ def _train_command(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"{recipe.name}: {kept} val accuracy {100 * result.best_val_accuracy:.2f}%{tta} "
+        f"{recipe.name}: {kept} val accuracy {100 * result.final_val_accuracy:.2f}%{tta} "
         f"(epoch {result.best_epoch}), test {test}, {result.seconds:.1f}s training, "
         f"{result.epochs_run}/{recipe.epochs} epochs on {result.device}"
     )

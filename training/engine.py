@@ -91,6 +91,15 @@ class TrainResult:
     """sha256 of this process's final exported weights (`state_digest`); equal on every rank."""
     val_accuracy_tta: float | None = None
     """Validation accuracy of best.pt under the recipe's test-time augmentation (tta > 0)."""
+    val_accuracy: float | None = None
+    """Validation accuracy of best.pt from the final float32 evaluation (rank 0): what the
+    exported graph answers at. `best_val_accuracy` is the epoch's own evaluation, under the
+    recipe's autocast when it has one, and may differ from it by a few images."""
+
+    @property
+    def final_val_accuracy(self) -> float:
+        """`val_accuracy` on rank 0, `best_val_accuracy` on the others."""
+        return self.val_accuracy if self.val_accuracy is not None else self.best_val_accuracy
 
     @property
     def is_main(self) -> bool:
@@ -762,7 +771,7 @@ def _train_loop(
         distributed.barrier(ctx)
 
     completed = end_epoch >= recipe.epochs
-    test_acc, val_tta = _finish(run, bundle, completed=completed) if main else (None, None)
+    final = _finish(run, bundle, completed=completed) if main else _FinalAccuracies()
     distributed.barrier(ctx)
     return TrainResult(
         run_dir=run.run_dir,
@@ -770,14 +779,15 @@ def _train_loop(
         last_checkpoint=last_path,
         best_val_accuracy=run.best_val,
         best_epoch=run.best_epoch,
-        test_accuracy=test_acc,
+        test_accuracy=final.test,
         seconds=run.train_seconds,
         epochs_run=end_epoch,
         completed=completed,
         device=str(device),
         rank=ctx.rank,
         weights_digest=state_digest(run.eval_model.state_dict()),
-        val_accuracy_tta=val_tta,
+        val_accuracy_tta=final.val_tta,
+        val_accuracy=final.val,
     )
 
 
@@ -813,10 +823,22 @@ def _set_whiten_bias_trainable(model: nn.Module, recipe: Recipe, epoch: int) -> 
     return changed
 
 
-def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, float | None]:
-    """Rank 0: test the kept checkpoint once (when training completed), plots, summary.
+@dataclass(frozen=True)
+class _FinalAccuracies:
+    """The kept checkpoint's accuracies from `_finish` (None on ranks other than 0)."""
 
-    Returns (test accuracy, validation accuracy with the recipe's test-time augmentation).
+    val: float | None = None
+    val_tta: float | None = None
+    test: float | None = None
+
+
+def _finish(run: _Run, bundle: Any, *, completed: bool) -> _FinalAccuracies:
+    """Rank 0: evaluate the kept checkpoint once in float32 (and test it, when training
+    completed), plots, summary.
+
+    The float32 validation accuracy replaces the epoch's own figure in best.pt's metrics, which
+    the export copies into the manifest: under autocast the epoch's evaluation ran in bf16 or
+    fp16, but the exported graph runs in float32.
     """
     from training.evaluate import evaluate_model
     from training.plots import plot_confusion, plot_curves
@@ -863,10 +885,10 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, f
         if recipe.tta:
             test_tta = report(bundle.test.images, bundle.test.labels, recipe.tta)
             best.metrics["test_accuracy_tta"] = test_tta.accuracy
+    best.metrics["val_accuracy"] = val_report.accuracy
     if val_tta is not None:
         best.metrics["val_accuracy_tta"] = val_tta.accuracy
-    if test_report is not None or val_tta is not None:
-        best.save(best_path)
+    best.save(best_path)
     metrics = _read_metrics(run.run_dir / "metrics.jsonl")
     if metrics:
         plot_curves(metrics, run.run_dir / "curves.png", title=f"{recipe.name} ({recipe.model})")
@@ -877,6 +899,8 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, f
         "epochs_run": metrics[-1]["epoch"] if metrics else 0,
         "best_epoch": run.best_epoch,
         "best_val_accuracy": run.best_val,
+        # The kept weights evaluated once in float32: what the exported model gets.
+        "val_accuracy": val_report.accuracy,
         "val_accuracy_tta": val_tta.accuracy if val_tta is not None else None,
         "test_accuracy": test_acc,
         "test_accuracy_tta": test_tta.accuracy if test_tta is not None else None,
@@ -912,7 +936,11 @@ def _finish(run: _Run, bundle: Any, *, completed: bool) -> tuple[float | None, f
         log.info(
             "test accuracy of the kept checkpoint (epoch %d): %.2f%%", best.epoch, 100 * test_acc
         )
-    return test_acc, (val_tta.accuracy if val_tta is not None else None)
+    return _FinalAccuracies(
+        val=val_report.accuracy,
+        val_tta=val_tta.accuracy if val_tta is not None else None,
+        test=test_acc,
+    )
 
 
 def _mean(values: list[float]) -> float:

@@ -78,6 +78,55 @@ def test_checkpoint_round_trip_gives_the_same_val_accuracy(demo_run: TrainResult
     assert stats.accuracy == pytest.approx(demo_run.best_val_accuracy, abs=1e-9)
 
 
+def test_final_float32_evaluation_is_what_the_checkpoint_reports(demo_run: TrainResult) -> None:
+    summary = json.loads((demo_run.run_dir / "summary.json").read_text())
+    ckpt = load_checkpoint(demo_run.best_checkpoint)
+    assert demo_run.val_accuracy is not None
+    assert summary["val_accuracy"] == pytest.approx(summary["val_report"]["accuracy"], abs=1e-9)
+    assert ckpt.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    assert demo_run.val_accuracy == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    assert demo_run.final_val_accuracy == demo_run.val_accuracy
+    # Trained in float32: the epoch's own evaluation and the final one agree.
+    assert demo_run.val_accuracy == pytest.approx(demo_run.best_val_accuracy, abs=1e-9)
+
+
+def test_epoch_figures_that_disagree_with_float32_do_not_reach_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under autocast the epoch's evaluation runs in bf16 and can differ from the float32
+    graph that is exported by a few images. Simulated here by shifting every epoch figure:
+    best.pt (hence the manifest), summary.json and the result carry the final float32 one."""
+    import training.engine as engine
+
+    real_evaluate = engine.evaluate
+
+    def shifted(*args: object, **kwargs: object) -> engine.EpochStats:
+        stats = real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        return replace(stats, accuracy=stats.accuracy / 2)
+
+    monkeypatch.setattr(engine, "evaluate", shifted)
+    result = train(
+        tiny_recipe(epochs=1, tta=0),
+        data_root=None,
+        out_dir=tmp_path / "run",
+        device="cpu",
+        progress=False,
+        limit_per_class=12,
+    )
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    final = summary["val_report"]["accuracy"]
+    assert final > 0
+    assert result.best_val_accuracy == pytest.approx(final / 2, abs=1e-9)
+    assert result.val_accuracy == pytest.approx(final, abs=1e-9)
+    assert result.final_val_accuracy == pytest.approx(final, abs=1e-9)
+    assert summary["val_accuracy"] == pytest.approx(final, abs=1e-9)
+    assert summary["best_val_accuracy"] == pytest.approx(final / 2, abs=1e-9)
+    assert load_checkpoint(result.best_checkpoint).metrics["val_accuracy"] == pytest.approx(final)
+    # last.pt is the resume state of the epoch: it keeps the epoch's own figure.
+    last = load_checkpoint(result.last_checkpoint)
+    assert last.metrics["val_accuracy"] == pytest.approx(final / 2, abs=1e-9)
+
+
 def test_metrics_jsonl_has_documented_keys(demo_run: TrainResult) -> None:
     lines = (demo_run.run_dir / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
