@@ -113,6 +113,10 @@ class ServiceMetrics:
         )
         self._live = _LiveCollector()
         self.registry.register(self._live)
+        # The labelled children, looked up once: `labels()` costs more than the update itself,
+        # and the keys are bounded (known models or UNKNOWN, the service's statuses, STAGES).
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self._stage_histograms: dict[tuple[str, str, str], Histogram] = {}
 
     def set_live_source(self, source: LiveSource) -> None:
         """Where readiness and queue depth are read from at scrape time."""
@@ -122,9 +126,18 @@ class ServiceMetrics:
         self, dataset: str, model: str, status: int, stages: dict[str, float] | None = None
     ) -> None:
         """Count one prediction request; `stages` are seconds per stage."""
-        self.requests.labels(dataset, model, str(status)).inc()
+        key = (dataset, model, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self.requests.labels(dataset, model, str(status))
+            self._request_counters[key] = counter
+        counter.inc()
         for stage, seconds in (stages or {}).items():
-            self.duration.labels(dataset, model, stage).observe(seconds)
+            stage_key = (dataset, model, stage)
+            histogram = self._stage_histograms.get(stage_key)
+            if histogram is None:
+                histogram = self._stage_histograms[stage_key] = self.duration.labels(*stage_key)
+            histogram.observe(seconds)
 
     def batch_observer(self, dataset: str, model: str) -> Callable[[int], None]:
         """A callback recording the size of each batch of one model."""
