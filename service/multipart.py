@@ -79,14 +79,14 @@ def iter_parts(body: bytes, boundary: bytes) -> Iterator[Part]:
 
 def _field_name(headers: bytes) -> str | None:
     """The `name` parameter of the part's first Content-Disposition, if it has one."""
-    name: str | None = None
-    disposition_seen = False
+    disposition: bytes | None = None
     for line in headers.split(_CRLF) if headers else ():
         field, colon, value = line.partition(b":")
         if not colon or not field or field != field.strip(_PADDING):
             raise MultipartError("a part header is not `name: value`")
-        if not disposition_seen and field.lower() == b"content-disposition":
-            disposition_seen = True
-            raw = parse_options_header(value.strip(_PADDING))[1].get(b"name")
-            name = None if raw is None else raw.decode("utf-8", "replace")
-    return name
+        if disposition is None and field.lower() == b"content-disposition":
+            disposition = value
+    if disposition is None:
+        return None
+    name = parse_options_header(disposition.strip(_PADDING))[1].get(b"name")
+    return None if name is None else name.decode("utf-8", "replace")

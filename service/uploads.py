@@ -43,13 +43,16 @@ async def read_images(request: Request, limits: UploadLimits) -> list[bytes]:
             raise BadRequest("invalid Content-Length header")
         if int(declared) > limits.max_bytes:
             raise _too_large(limits.max_bytes)
-    stream = _limited(request, limits.max_bytes)
+    boundary = None
+    if mime == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise BadRequest("multipart/form-data without a boundary")
     try:
-        if mime == b"multipart/form-data":
-            return await _read_multipart(params, stream, limits.max_images)
-        return [b"".join([chunk async for chunk in stream])]
+        body = b"".join([chunk async for chunk in _limited(request, limits.max_bytes)])
     except ClientDisconnect:
         raise BadRequest("the client disconnected while sending the body") from None
+    return [body] if boundary is None else _multipart_files(body, boundary, limits.max_images)
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -72,13 +75,8 @@ async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _read_multipart(
-    params: dict[bytes, bytes], stream: AsyncIterator[bytes], max_images: int
-) -> list[bytes]:
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise BadRequest("multipart/form-data without a boundary")
-    body = b"".join([chunk async for chunk in stream])
+def _multipart_files(body: bytes, boundary: bytes, max_images: int) -> list[bytes]:
+    """The `file` parts of a multipart body, within the request's limits."""
     files: list[bytes] = []
     other_parts = 0
     try:
