@@ -361,7 +361,11 @@ class Batcher:
             live.append(item)
         if not live:
             return
-        images = np.stack([item.image for item in live])
+        # A lone image needs no copy: a new leading axis on its (C-contiguous) array will do.
+        if len(live) == 1:
+            images = np.ascontiguousarray(live[0].image)[np.newaxis]
+        else:
+            images = np.stack([item.image for item in live])
         size = len(live)
         run_inline = self._run_inline if self._runs_inline(size) else None
         self._running_batches += 1

@@ -334,3 +334,33 @@ def test_inline_runs_are_off_at_zero() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_lone_image_reaches_the_session_as_a_contiguous_batch_of_one() -> None:
+    """Without the stack copy: its own memory when contiguous, a contiguous copy otherwise."""
+
+    seen: list[np.ndarray] = []
+
+    class Recording(FakeModel):
+        async def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+            seen.append(batch)
+            return await super().__call__(batch)
+
+    async def main() -> None:
+        batcher = _batcher(Recording())
+        batcher.start()
+        image = _image(9)
+        image.flags.writeable = False  # as decode_image gives it
+        (row,) = await batcher.infer([image])
+        strided = np.full((2, 4, 1), 4, dtype=np.uint8)[:, ::2]  # a view that is not contiguous
+        (strided_row,) = await batcher.infer([strided])
+        two = await batcher.infer([_image(1), _image(2)])
+        await batcher.close()
+        assert row.logits.tolist() == [9, 9, 9] and strided_row.logits.tolist() == [4, 4, 4]
+        assert [r.logits[0] for r in two] == [1, 2]
+        assert [b.shape for b in seen] == [(1, 2, 2, 1), (1, 2, 2, 1), (2, 2, 2, 1)]
+        assert all(b.flags.c_contiguous for b in seen)
+        assert np.shares_memory(seen[0], image)
+        assert not np.shares_memory(seen[1], strided)
+
+    asyncio.run(main())
