@@ -50,9 +50,9 @@ def top_k_predictions(
 ) -> list[dict[str, Any]]:
     """The k most probable labels, best first (ties: lower index first).
 
-    A short finite row is ranked with Python floats (float64, as `softmax`): on a few classes
-    numpy's per-call overhead is most of the work: about 35 µs a request in the server,
-    against 10 µs this way (`docs/benchmarks.md`, change 19).
+    A short finite row is ranked with Python floats (float64, as `softmax`), because on a few
+    classes numpy's per-call overhead is most of the work: about 35 µs a request in the
+    server, against 10 µs this way (`docs/benchmarks.md`, change 19).
     """
     if len(logits) <= PLAIN_RANKING_MAX_CLASSES:
         row: list[float] = logits.tolist()
