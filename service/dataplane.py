@@ -54,22 +54,30 @@ def top_k_predictions(
     classes numpy's per-call overhead is most of the work: about 35 µs a request in the
     server, against 10 µs this way (`docs/benchmarks.md`, change 19).
     """
-    if len(logits) <= PLAIN_RANKING_MAX_CLASSES:
-        row: list[float] = logits.tolist()
-        if all(map(math.isfinite, row)):
-            peak = max(row)
-            weights = [math.exp(x - peak) for x in row]
-            total = math.fsum(weights)
-            # sorted(reverse=True) is stable: equal weights keep index order.
-            best = sorted(range(len(row)), key=weights.__getitem__, reverse=True)[:k]
-            return [
-                {"label": labels[i], "index": i, "probability": weights[i] / total} for i in best
-            ]
+    ranked = _rank_plain(logits, k) if len(logits) <= PLAIN_RANKING_MAX_CLASSES else None
+    if ranked is None:
+        ranked = _rank_numpy(logits, k)
+    return [{"label": labels[i], "index": i, "probability": p} for i, p in ranked]
+
+
+def _rank_plain(logits: npt.NDArray[np.floating[Any]], k: int) -> list[tuple[int, float]] | None:
+    """(index, probability) of the k best, in Python floats; None for a non-finite row."""
+    row: list[float] = logits.tolist()
+    if not all(map(math.isfinite, row)):
+        return None
+    peak = max(row)
+    weights = [math.exp(x - peak) for x in row]
+    total = math.fsum(weights)
+    # sorted(reverse=True) is stable: equal weights keep index order.
+    best = sorted(range(len(row)), key=weights.__getitem__, reverse=True)[:k]
+    return [(i, weights[i] / total) for i in best]
+
+
+def _rank_numpy(logits: npt.NDArray[np.floating[Any]], k: int) -> list[tuple[int, float]]:
+    """(index, probability) of the k best, through `softmax` and a stable argsort."""
     probabilities = softmax(logits)
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [
-        {"label": labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order
-    ]
+    best: list[int] = np.argsort(-probabilities, kind="stable")[:k].tolist()
+    return list(zip(best, probabilities[best].tolist(), strict=True))
 
 
 @dataclass
