@@ -4,7 +4,9 @@ The service calls `decode_image` / `decode_into` from a worker thread for every 
 is: sniff the format from magic bytes -> open it with exactly that Pillow plugin -> refuse it on
 the header's pixel count, before any pixel is decoded -> decode (large JPEGs at a reduced DCT
 scale) -> apply the EXIF orientation -> bring the pixel mode to what the model takes -> resize as
-the manifest's `InputSpec` says -> hand back `(height, width, channels)` uint8.
+the manifest's `InputSpec` says -> hand back `(height, width, channels)` uint8. A plain PNG (no
+palette, transparency key, EXIF or text; `service.plain_png`) skips `Image.open`: the same
+pixel decoder on its IDAT data gives the same pixels with less Python around it.
 
 Every failure a client can cause becomes a `service.errors.ServiceError` with a 4xx status and a
 short message of our own; Pillow's messages (which can name internals) never reach a client.
@@ -42,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgzoo.manifest import InputSpec
 from service.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedMediaType
+from service.plain_png import decode_plain_png
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -250,26 +253,8 @@ def _decode_to_pil(
         )
     target_mode = _MODE_FOR_CHANNELS[spec.channels]
     try:
-        # Not a `with` block: closing would discard pixels the pass-through case returns, and
-        # an in-memory file holds nothing to release.
-        opened = Image.open(io.BytesIO(data), formats=[fmt])
-        width, height = opened.size
-        if width < 1 or height < 1:
-            raise InvalidImage(f"corrupt {fmt} header: the image has no pixels")
-        if width * height > limits.max_pixels:
-            raise _too_large(width, height, limits.max_pixels)
-        orientation = _orientation(opened) if opened.format in ("JPEG", "MPO") else None
-        if orientation is not None:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying at least as large as
-            # the resize needs (sizes in the stored orientation), and give L directly.
-            needed = _Geometry.plan(_upright(opened.size, orientation), spec).scaled
-            opened.draft(target_mode, _upright(needed, orientation))
-        opened.load()
-        if orientation is None:
-            orientation = _orientation(opened)
-        image: Image.Image = opened
-        if orientation in _TRANSPOSE:
-            image = image.transpose(_TRANSPOSE[orientation])
+        plain = decode_plain_png(data, limits.max_pixels) if fmt == "PNG" else None
+        image = plain if plain is not None else _open_upright(data, fmt, spec, target_mode, limits)
         image = _to_resizable_mode(image, target_mode)
         geometry = _Geometry.plan(image.size, spec)
         image = geometry.apply(image, _RESAMPLE[spec.interpolation])
@@ -292,6 +277,33 @@ def _decode_to_pil(
         # struct.error, zlib.error, ... depending on the plugin: all mean "bad bytes" here.
         raise InvalidImage(f"corrupt or truncated {fmt} data") from exc
     return image, geometry.offset
+
+
+def _open_upright(
+    data: bytes, fmt: str, spec: InputSpec, target_mode: str, limits: DecodeLimits
+) -> Image.Image:
+    """Any accepted image through `Image.open`: size checked from the header, then decoded
+    (a large JPEG at a reduced scale) and turned upright by its EXIF orientation."""
+    # Not a `with` block: closing would discard pixels the pass-through case returns, and an
+    # in-memory file holds nothing to release.
+    opened = Image.open(io.BytesIO(data), formats=[fmt])
+    width, height = opened.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"corrupt {fmt} header: the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise _too_large(width, height, limits.max_pixels)
+    orientation = _orientation(opened) if opened.format in ("JPEG", "MPO") else None
+    if orientation is not None:
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying at least as large as the
+        # resize needs (sizes in the stored orientation), and give L directly.
+        needed = _Geometry.plan(_upright(opened.size, orientation), spec).scaled
+        opened.draft(target_mode, _upright(needed, orientation))
+    opened.load()
+    if orientation is None:
+        orientation = _orientation(opened)
+    if orientation in _TRANSPOSE:
+        return opened.transpose(_TRANSPOSE[orientation])
+    return opened
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
