@@ -43,8 +43,10 @@ from service.runtime import Logits, UInt8Batch
 
 logger = logging.getLogger(__name__)
 
-RunBatch = Callable[[UInt8Batch], Awaitable[tuple[Logits, float]]]
-RunBatchSync = Callable[[UInt8Batch], tuple[Logits, float]]
+# (batch, alone) -> (logits, seconds). `alone`: nothing else of the model is queued, on its way
+# or running, so the batch may use every core (the session pool's solo session).
+RunBatch = Callable[[UInt8Batch, bool], Awaitable[tuple[Logits, float]]]
+RunBatchSync = Callable[[UInt8Batch, bool], tuple[Logits, float]]
 BatchObserver = Callable[[int], None]
 
 
@@ -331,19 +333,22 @@ class Batcher:
                 for _ in batch:
                     self._queue.task_done()
 
-    def _runs_inline(self, size: int) -> bool:
+    def _alone(self) -> bool:
+        """Whether a batch starting now is all the model has to do: no other batch running,
+        nothing queued or on its way."""
+        return self._running_batches == 0 and self._arriving == 0 and self._queue.empty()
+
+    def _runs_inline(self, size: int, alone: bool) -> bool:
         """Whether a batch of `size` runs on the event loop (see the module docstring).
 
-        Only a lone image whose model's recent single-image runs took at most `inline_max_s`
-        (so the loop is never blocked for long, and the first run of a model, unmeasured,
-        goes to a thread), with no other batch running and nothing queued or on its way.
+        Only a lone image, running `alone`, whose model's recent single-image runs took at
+        most `inline_max_s` (so the loop is never blocked for long, and the first run of a
+        model, unmeasured, goes to a thread).
         """
         return (
             self._run_inline is not None
             and size == 1
-            and self._running_batches == 0
-            and self._arriving == 0
-            and self._queue.empty()
+            and alone
             and self._lone_run_s is not None
             and self._lone_run_s <= self.inline_max_s
         )
@@ -367,13 +372,14 @@ class Batcher:
         else:
             images = np.stack([item.image for item in live])
         size = len(live)
-        run_inline = self._run_inline if self._runs_inline(size) else None
+        alone = self._alone()
+        run_inline = self._run_inline if self._runs_inline(size, alone) else None
         self._running_batches += 1
         try:
             if run_inline is not None:
-                logits, seconds = run_inline(images)
+                logits, seconds = run_inline(images, alone)
             else:
-                logits, seconds = await self._run(images)
+                logits, seconds = await self._run(images, alone)
             if logits.shape[0] != size:
                 raise RuntimeError(f"a batch of {size} gave {logits.shape[0]} rows")
         except Exception as exc:

@@ -248,9 +248,13 @@ def check_signature(session: Session, spec: InputSpec, num_classes: int) -> None
 class SessionPool:
     """N sessions of one model; each batch runs on a free one in the pool's own threads.
 
-    With a `solo` session (one that uses every CPU), a batch that starts while no other batch
-    runs takes it, so a lone request is not limited to one core; batches running side by side
-    use the `sessions`, one core each, which is where a CPU gets the most images per second.
+    With a `solo` session (one that uses every CPU), a batch that runs *alone* takes it, so a
+    lone request is not limited to one core; batches running side by side use the `sessions`,
+    one core each, which is where a CPU gets the most images per second. Alone is the caller's
+    word (the batcher: nothing else of the model queued, on its way or running) and the pool's
+    (no other batch running): a batch that merely finds the sessions idle while more work is
+    coming keeps to one core, so a solo run rarely overlaps another batch's. That matters most
+    when the solo session spins.
     """
 
     def __init__(
@@ -279,10 +283,14 @@ class SessionPool:
         """Every session, the solo one last."""
         return (*self._sessions, *([self._solo] if self._solo is not None else []))
 
-    def run_sync(self, batch: UInt8Batch) -> tuple[Logits, float]:
-        """Run one batch on a free session (blocking); returns logits and seconds spent."""
+    def run_sync(self, batch: UInt8Batch, alone: bool = False) -> tuple[Logits, float]:
+        """Run one batch on a free session (blocking); returns logits and seconds spent.
+
+        `alone`: nothing else of the model is waiting or on its way, so the batch may take the
+        solo session when no other batch runs either.
+        """
         with self._lock:
-            solo = self._solo if self._running == 0 else None
+            solo = self._solo if alone and self._running == 0 else None
             self._running += 1
             if solo is not None:
                 self.solo_batches += 1
@@ -298,10 +306,10 @@ class SessionPool:
                 self._running -= 1
         return np.asarray(logits, dtype=np.float32), elapsed
 
-    async def run(self, batch: UInt8Batch) -> tuple[Logits, float]:
-        """Run one batch off the event loop."""
+    async def run(self, batch: UInt8Batch, alone: bool = False) -> tuple[Logits, float]:
+        """Run one batch off the event loop (`alone`: see `run_sync`)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, batch)
+        return await loop.run_in_executor(self._executor, self.run_sync, batch, alone)
 
     def warm_up(self, spec: InputSpec, batch_sizes: Sequence[int], num_classes: int) -> None:
         """Run every batch size on every session once, checking the output shape (blocking)."""

@@ -86,18 +86,18 @@ class Settings(BaseSettings):
         default=True,
         description=(
             "On the CPU provider, one more session that uses every available CPU, for a batch "
-            "that runs while no other does: a lone request gets all cores, parallel batches one "
-            "core each. Ignored when a session already has all the CPUs."
+            "that runs alone (nothing else of its model queued, on its way or running): a lone "
+            "request gets all cores, parallel batches one core each. Ignored when a session "
+            "already has all the CPUs."
         ),
     )
     solo_spinning: bool = Field(
-        default=False,
+        default=True,
         description=(
             "The solo session's threads spin while it runs a batch and stop when it returns, "
             "so a lone request's layers hand work between cores without waking sleeping "
-            "threads. Off by default: on 2 cores it cost c=32 throughput (5-8%), while c=1 "
-            "gained on one host and lost on another (docs/benchmarks.md); try it where cores "
-            "outnumber the sessions."
+            "threads (docs/benchmarks.md, change 21). The solo session only runs a batch that "
+            "is alone, so the spinning takes no core from another batch."
         ),
     )
     intra_op_threads: int = Field(

@@ -23,10 +23,12 @@ class FakeModel:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.batches: list[int] = []
+        self.alone: list[bool] = []
         self.fail_next = False
 
-    async def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+    async def __call__(self, batch: UInt8Batch, alone: bool) -> tuple[Logits, float]:
         self.batches.append(len(batch))
+        self.alone.append(alone)
         await asyncio.sleep(self.delay)
         if self.fail_next:
             self.fail_next = False
@@ -265,6 +267,27 @@ def test_batches_form_from_what_queued_while_the_session_was_busy() -> None:
     asyncio.run(main())
 
 
+def test_a_batch_is_alone_only_when_nothing_else_is_queued_arriving_or_running() -> None:
+    """`alone` lets the session pool give a batch every core (the solo session)."""
+
+    async def main() -> None:
+        model = FakeModel(delay=0.05)
+        batcher = _batcher(model, workers=2, max_queue_delay_s=0.0, max_batch_size=2)
+        batcher.start()
+        await batcher.infer([_image(0), _image(1)])  # one request, nothing else: alone
+        # Five images at once: the first batch starts with more queued, the second while the
+        # first runs, the third while the second runs.
+        await asyncio.gather(*(batcher.infer([_image(i)]) for i in range(5)))
+        with batcher.arriving():  # another request is on its way
+            await batcher.infer([_image(7)])
+        await batcher.infer([_image(8)])  # alone again
+        assert model.batches == [2, 2, 2, 1, 1, 1]
+        assert model.alone == [True, False, False, False, False, True]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 class InlineModel:
     """A synchronous run that records the thread it ran on and reports `seconds`."""
 
@@ -272,7 +295,8 @@ class InlineModel:
         self.seconds = seconds
         self.threads: list[str] = []
 
-    def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+    def __call__(self, batch: UInt8Batch, alone: bool) -> tuple[Logits, float]:
+        assert alone  # only a batch that is all the model has to do runs inline
         self.threads.append(threading.current_thread().name)
         return np.repeat(batch[:, 0, 0, :].astype(np.float32), 3, axis=1), self.seconds
 
@@ -342,9 +366,9 @@ def test_a_lone_image_reaches_the_session_as_a_contiguous_batch_of_one() -> None
     seen: list[np.ndarray] = []
 
     class Recording(FakeModel):
-        async def __call__(self, batch: UInt8Batch) -> tuple[Logits, float]:
+        async def __call__(self, batch: UInt8Batch, alone: bool) -> tuple[Logits, float]:
             seen.append(batch)
-            return await super().__call__(batch)
+            return await super().__call__(batch, alone)
 
     async def main() -> None:
         batcher = _batcher(Recording())

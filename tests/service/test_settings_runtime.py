@@ -174,10 +174,11 @@ def test_a_lone_batch_runs_on_the_solo_session_and_parallel_ones_on_the_others()
     pool = SessionPool(narrow, provider="CPUExecutionProvider", name="t", solo=solo)
     batch = np.zeros((2, 4, 4, 3), dtype=np.uint8)
     with ThreadPoolExecutor(3) as threads:
-        first = threads.submit(pool.run_sync, batch)
+        first = threads.submit(pool.run_sync, batch, True)
         while len(log) < 1:
             time.sleep(0.001)
-        others = [threads.submit(pool.run_sync, batch) for _ in range(2)]
+        # Even a batch the batcher calls alone keeps to one core while another batch runs.
+        others = [threads.submit(pool.run_sync, batch, alone) for alone in (True, False)]
         while len(log) < 3:
             time.sleep(0.001)
         gate.set()
@@ -187,8 +188,14 @@ def test_a_lone_batch_runs_on_the_solo_session_and_parallel_ones_on_the_others()
     assert all(r.shape == (2, 3) for r in results)
     assert pool.solo_batches == 1
     log.clear()
-    pool.run_sync(batch)  # alone again: solo again
+    pool.run_sync(batch, True)  # alone again: solo again
     assert log == ["solo"] and pool.solo_batches == 2
+    log.clear()
+    # Idle sessions but more work on its way (the batcher's word): one core, so that the
+    # batches that follow do not share the cores with a solo run.
+    pool.run_sync(batch, False)
+    assert log == ["narrow0"] or log == ["narrow1"]
+    assert pool.solo_batches == 2
     assert pool.sessions == (*narrow, solo)
     pool.close()
 
