@@ -8,7 +8,9 @@ A worker never waits when nothing else is on its way: an idle session runs a lon
 and batches form from what queued while the sessions were busy. A lone image of a model whose
 single-image runs are short (`inline_max_s`) runs on the event loop itself when nothing else is
 queued, arriving or running: the loop has nothing else to do meanwhile, and the two thread
-hand-offs of an executor run cost more than a small network's run takes. It waits (at most
+hand-offs of an executor run cost more than a small network's run takes. Every batch tells the
+run whether it is alone (nothing else queued, arriving or running), so the session pool gives
+every core only to a batch that will not share them. A worker waits (at most
 `max_queue_delay`) only while images it was told about are still arriving — requests admitted
 whose bodies are being read or decoded (`Batcher.arriving`) — so a burst of concurrent requests
 fills one batch instead of several small ones, and a single client pays no window. The policy
