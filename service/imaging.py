@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgzoo.manifest import InputSpec
 from service.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedMediaType
-from service.plain_png import decode_plain_png
+from service.plain_png import PNG_SIGNATURE, decode_plain_png
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -61,7 +61,7 @@ SUPPORTED_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"})
 # only so that a 415 can name what was sent. WebP is checked separately (RIFF....WEBP).
 _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (PNG_SIGNATURE, "PNG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
@@ -172,16 +172,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 def png_header_pixels(data: bytes) -> int | None:
     """width x height from a PNG's IHDR chunk, read without Pillow; None when not a PNG.
 
     Nothing is validated beyond the chunk's place: a lying header is caught by the real decode,
     this only tells the caller how much work the decode would be.
     """
-    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
     return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
 

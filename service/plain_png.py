@@ -22,9 +22,9 @@ from typing import Final
 
 from PIL import Image
 
-__all__ = ["decode_plain_png"]
+__all__ = ["PNG_SIGNATURE", "decode_plain_png"]
 
-_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _CHUNK_HEAD: Final = struct.Struct(">I4s")
 _IHDR: Final = struct.Struct(">IIBBBBB")
 _CRC: Final = struct.Struct(">I")
@@ -68,11 +68,11 @@ def decode_plain_png(data: bytes, max_pixels: int) -> Image.Image | None:
 
 def _parse(data: bytes) -> tuple[str, tuple[int, int], bytes] | None:
     """(mode, (width, height), the joined IDAT data) of a plain PNG, else None."""
-    if not data.startswith(_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return None
     view = memoryview(data)
     end = len(data)
-    position = len(_SIGNATURE)
+    position = len(PNG_SIGNATURE)
     header: tuple[str, tuple[int, int]] | None = None
     idat: list[memoryview] = []
     idat_ended = False
