@@ -182,3 +182,13 @@ def augment_batch(
     if cutout_size > 0:
         out = cutout(out, cutout_size, generator)
     return out if out is not images else images.clone()
+
+
+def downscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float NCHW batch to `size` x `size` (bilinear, antialiased, as Pillow's)."""
+    _check_batch(images)
+    if not images.is_floating_point():
+        raise ValueError(f"downscale needs a float batch, got {images.dtype}")
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.preprocess import InputPreprocess
 from training import distributed
-from training.augment import alternating_flip_mask, augment_batch
+from training.augment import alternating_flip_mask, augment_batch, downscale
 from training.checkpoint import Checkpoint, DataInfo, load_checkpoint
 from training.distributed import DistContext
 from training.ema import ModelEma
@@ -187,6 +187,11 @@ def build_criterion(recipe: Recipe) -> nn.CrossEntropyLoss:
     return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
+def epoch_train_size(recipe: Recipe, epoch: int) -> int | None:
+    """The side `epoch` (1-based) trains at under `recipe.epoch_sizes`; None = the input size."""
+    return recipe.epoch_sizes[epoch - 1] if epoch <= len(recipe.epoch_sizes) else None
+
+
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     """Full batches per epoch (the incomplete last one is dropped; at least one step)."""
     return max(1, num_images // batch_size)
@@ -231,12 +236,14 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     flip_mask: torch.Tensor | None = None,
+    train_size: int | None = None,
 ) -> EpochStats:
     """One pass over `images` (uint8 NCHW on the device); updates `state` in place.
 
     `flip_mask` (bool, one per image of `images`) decides which images are mirrored this epoch
-    (alternating flip) instead of a random draw. After the schedule's last step a Lookahead
-    hands the network its slow weights.
+    (alternating flip) instead of a random draw. `train_size`, when smaller than the images,
+    is the side the augmented batches are downscaled to (progressive resizing). After the
+    schedule's last step a Lookahead hands the network its slow weights.
     """
     ctx = ctx or DistContext(device=images.device)
     device = images.device
@@ -265,6 +272,8 @@ def train_one_epoch(
             flip_mask=flip_mask[idx] if flip_mask is not None else None,
         )
         x = preprocess(batch)
+        if train_size is not None and train_size < x.shape[-1]:
+            x = downscale(x, train_size)
         if recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]
@@ -515,7 +524,14 @@ def train(
 
 
 def _with_input_preparation(info: DataInfo, recipe: Recipe) -> DataInfo:
-    """The data's description plus what the recipe adds to the model's input (chroma)."""
+    """The data's description plus what the recipe adds to the model's input (chroma), after
+    checking the recipe's epoch_sizes against it."""
+    too_large = [size for size in recipe.epoch_sizes if size > min(info.height, info.width)]
+    if too_large:
+        raise TrainingError(
+            f"recipe {recipe.name!r}: epoch_sizes {too_large} exceed the "
+            f"{info.height}x{info.width} input"
+        )
     factor = recipe.chroma_subsampling
     if factor == 1:
         return info
@@ -556,6 +572,7 @@ def _setup_run(
     )
     preprocess = info.input_preprocess().to(device)
     model.to(device)
+    _check_epoch_sizes(model, recipe, info, device)
     if recipe.whiten:
         # Also when resuming: the whitened stem is frozen, and the optimiser's parameter groups
         # must match the saved ones (the weights themselves come from the checkpoint next).
@@ -607,6 +624,28 @@ def _setup_run(
         _restore(run, resumed)
     run.forward = _wrap(model, recipe, ctx)
     return run
+
+
+@torch.no_grad()
+def _check_epoch_sizes(
+    model: nn.Module, recipe: Recipe, info: DataInfo, device: torch.device
+) -> None:
+    """Refuse, before any step, an epoch size the network cannot take (VGG's five max-pools
+    need 32 px): one image through the network in eval mode, so no statistics change."""
+    if not recipe.epoch_sizes:
+        return
+    side = min(recipe.epoch_sizes)
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, info.channels, side, side, device=device))
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"recipe {recipe.name!r}: {recipe.model} cannot train at {side} px (epoch_sizes); "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    finally:
+        model.train(was_training)
 
 
 def _wrap(model: nn.Module, recipe: Recipe, ctx: DistContext) -> Forward:
@@ -717,6 +756,7 @@ def _train_loop(
             flip_mask=(
                 alternating_flip_mask(run.flip_base, epoch) if run.flip_base is not None else None
             ),
+            train_size=epoch_train_size(recipe, epoch),
         )
         run.train_seconds += stats.seconds
         # Rank 0's normalisation statistics become everyone's, so ranks stay identical.

@@ -173,6 +173,12 @@ class Recipe:
     """Random rotation of each image, uniform in [-rotate, rotate] degrees; 0 = off."""
     zoom: float = 0.0
     """Random zoom about the centre, uniform in [1 - zoom, 1 + zoom] (a fraction, < 1); 0 = off."""
+    epoch_sizes: tuple[int, ...] = ()
+    """Progressive resizing: the training side in pixels of each epoch from the first (e.g.
+    16,16,24,24 for epochs 1-4); later epochs, and every epoch when empty, train at the input
+    size. Batches are augmented at the input size, then downscaled (bilinear, antialiased), so
+    an early epoch costs about (side / input side)^2 of a full one. Needs a network that pools
+    globally (fastnet, the ResNets); validation and export stay at the input size."""
 
     # --- speed -----------------------------------------------------------------------------
     amp: str = "off"
@@ -240,6 +246,12 @@ class Recipe:
             (self.cutout >= 0, "cutout must be >= 0"),
             (0 <= self.rotate <= 180, "rotate must be in [0, 180] degrees"),
             (0 <= self.zoom < 1, "zoom must be in [0, 1)"),
+            (all(size >= 8 for size in self.epoch_sizes), "epoch_sizes must be >= 8 pixels"),
+            (len(self.epoch_sizes) <= self.epochs, "epoch_sizes has more entries than epochs"),
+            (
+                self.image_size is None or all(s <= self.image_size for s in self.epoch_sizes),
+                "epoch_sizes must not exceed image_size",
+            ),
             (self.whiten_images >= 1, "whiten_images must be >= 1"),
             (
                 self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
@@ -329,6 +341,8 @@ class Recipe:
         known = {k: v for k, v in data.items() if k in hints}
         if isinstance(known.get("step_milestones"), list):
             known["step_milestones"] = tuple(float(m) for m in known["step_milestones"])
+        if isinstance(known.get("epoch_sizes"), list):
+            known["epoch_sizes"] = tuple(int(m) for m in known["epoch_sizes"])
         for key in ("name", "dataset", "model"):
             if key not in known:
                 raise RecipeError(f"stored recipe lacks {key!r}")
@@ -466,6 +480,43 @@ AIRBENCH94: dict[str, Any] = {
 }
 
 
+# airbench94_muon's mechanics on fastnet: Muon on the conv filters (relative step 0.24,
+# momentum 0.6), SGD-Nesterov 0.85 on the head and biases, batch 2000, linear decay to 0
+# without warm-up, no Lookahead, 2 px translation. Its per-image SGD rates (head 0.67 with
+# fastnet's head at 1/256 and unit-std weights, biases 0.053, decay 2e-6 per image) in
+# fastnet's parametrisation (head 1/9) and airbench's units: head lr 0.67 * 2000 * (9/256)^2
+# * 1024 * gain / 2000 = 6.5, biases 64x, decay 0.0157.
+AIRBENCH94_MUON: dict[str, Any] = {
+    "batch_size": 2000,
+    "eval_batch_size": 1000,
+    "optimizer": "muon",
+    "muon_lr": 0.24,
+    "muon_momentum": 0.6,
+    "airbench_units": True,
+    "lr": 6.5,
+    "momentum": 0.85,
+    "nesterov": True,
+    "weight_decay": 0.0157,
+    "norm_bias_lr_scale": 64.0,
+    "bias_lr_scale": 64.0,
+    "decay_all": True,
+    "schedule": "onecycle",
+    "warmup_epochs": 0.0,
+    "final_lr_factor": 0.0,
+    "label_smoothing": 0.2,
+    "crop_padding": 2,
+    "flip": True,
+    "flip_mode": "alternate",
+    "whiten": True,
+    "whiten_images": 5000,
+    "whiten_bias_epochs": 3,
+    "tta": 2,
+    "keep": "last",
+    "amp": "auto",
+    "channels_last": True,
+}
+
+
 def _cifar10(name: str, model: str, **kw: Any) -> Recipe:
     return Recipe(name=name, dataset="cifar10", model=model, **kw)
 
@@ -508,43 +559,18 @@ RECIPES: dict[str, Recipe] = {
             crop_padding=2,
             **AIRBENCH94,
         ),
-        # airbench94_muon's mechanics on the same network: Muon on the conv filters (relative
-        # step 0.24, momentum 0.6), SGD-Nesterov 0.85 on the head and biases, batch 2000, 8
-        # epochs, linear decay to 0 without warm-up, no Lookahead. Its per-image SGD rates
-        # (head 0.67 with fastnet's head at 1/256 and unit-std weights, biases 0.053, decay
-        # 2e-6 per image) in fastnet's parametrisation (head 1/9) and airbench's units: head
-        # lr 0.67 * 2000 * (9/256)^2 * 1024 * gain / 2000 = 6.5, biases 64x, decay 0.0157.
+        # airbench94_muon's mechanics (`AIRBENCH94_MUON`) for 8 epochs of batch 2000.
+        _cifar10("cifar10_fastnet_muon", "fastnet", epochs=8, **AIRBENCH94_MUON),
+        # The same with progressive resizing: 12 epochs, the first four at 16 px and the next
+        # four at 24 px, cost about 7.1 full ones. Over seeds 0-2 on the half-speed host:
+        # 93.67% with TTA in 567 s against the 8-epoch recipe's 93.63% in 654 s
+        # (docs/results.md, "Progressive resizing").
         _cifar10(
-            "cifar10_fastnet_muon",
+            "cifar10_fastnet_progressive",
             "fastnet",
-            epochs=8,
-            batch_size=2000,
-            eval_batch_size=1000,
-            optimizer="muon",
-            muon_lr=0.24,
-            muon_momentum=0.6,
-            airbench_units=True,
-            lr=6.5,
-            momentum=0.85,
-            nesterov=True,
-            weight_decay=0.0157,
-            norm_bias_lr_scale=64.0,
-            bias_lr_scale=64.0,
-            decay_all=True,
-            schedule="onecycle",
-            warmup_epochs=0.0,
-            final_lr_factor=0.0,
-            label_smoothing=0.2,
-            crop_padding=2,
-            flip=True,
-            flip_mode="alternate",
-            whiten=True,
-            whiten_images=5000,
-            whiten_bias_epochs=3,
-            tta=2,
-            keep="last",
-            amp="auto",
-            channels_last=True,
+            epochs=12,
+            epoch_sizes=(16, 16, 16, 16, 24, 24, 24, 24),
+            **AIRBENCH94_MUON,
         ),
         # Sized for a CPU: 15 epochs take about two hours at ~106 img/s in bf16 (60 would take
         # seven). A one-cycle triangle, label smoothing 0.2, alternating flips and TTA reached

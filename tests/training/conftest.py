@@ -56,6 +56,18 @@ def shrink_for(recipe: Recipe) -> Shrink:
     return Shrink(image_size=16, epochs=3, batch_size=16, limit_per_class=80)
 
 
+def _shrunk_epoch_sizes(recipe: Recipe, s: Shrink, scale: float) -> tuple[int, ...]:
+    """Progressive resizing kept in proportion: the same share of low-resolution epochs (at
+    least one, and the last epoch at full size), their sides scaled with the image, 12 px at
+    the least (fastnet's three max-pools need it)."""
+    sizes = recipe.epoch_sizes
+    if not sizes:
+        return ()
+    count = max(1, min(s.epochs - 1, round(len(sizes) * s.epochs / recipe.epochs)))
+    picks = [sizes[i * len(sizes) // count] for i in range(count)]
+    return tuple(min(s.image_size, max(12, round(size * scale))) for size in picks)
+
+
 def shrunk(recipe: Recipe, s: Shrink) -> Recipe:
     # Pixel-sized augmentation shrinks with the image: butterfly's 16 px cutout at 16 px
     # would erase the whole picture.
@@ -66,6 +78,7 @@ def shrunk(recipe: Recipe, s: Shrink) -> Recipe:
         epochs=s.epochs,
         batch_size=s.batch_size,
         crop_padding=round(recipe.crop_padding * scale),
+        epoch_sizes=_shrunk_epoch_sizes(recipe, s, scale),
         cutout=round(recipe.cutout * scale),
         eval_batch_size=128,
         warmup_epochs=min(recipe.warmup_epochs, 0.5),

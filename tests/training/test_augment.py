@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training.augment import augment_batch, cutout, random_affine, random_crop, random_flip
+from training.augment import (
+    augment_batch,
+    cutout,
+    downscale,
+    random_affine,
+    random_crop,
+    random_flip,
+)
 
 
 def _batch(dtype: torch.dtype, n: int = 16, c: int = 3, h: int = 12, w: int = 10) -> torch.Tensor:
@@ -168,6 +176,34 @@ def test_disabled_steps_are_identity() -> None:
     out = augment_batch(images, crop_padding=0, flip=False, cutout_size=0, generator=_gen())
     assert torch.equal(out, images)
     assert torch.equal(random_affine(images, 0.0, 0.0, _gen()), images)
+
+
+@pytest.mark.parametrize(("side", "size"), [(32, 16), (32, 24), (48, 20)])
+def test_downscale_is_pillows_antialiased_bilinear(side: int, size: int) -> None:
+    """Progressive resizing shrinks batches as Pillow shrinks a photo (area-aware, no aliasing),
+    so a low-resolution epoch sees what a smaller photo of the same scene would show."""
+    from PIL import Image
+
+    images = torch.rand(3, 2, side, side, generator=_gen(1)) * 255
+    out = downscale(images, size)
+    assert out.shape == (3, 2, size, size)
+    for n in range(3):
+        for c in range(2):
+            pil = Image.fromarray(images[n, c].numpy(), mode="F")
+            reference = torch.from_numpy(
+                np.array(pil.resize((size, size), Image.Resampling.BILINEAR))
+            )
+            assert torch.allclose(out[n, c], reference, atol=1e-2)
+    # Not a plain (aliasing) bilinear sample: that one keeps more of the pixel noise.
+    plain = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    assert out.std() < plain.std()
+
+
+def test_downscale_needs_a_float_nchw_batch() -> None:
+    with pytest.raises(ValueError, match="float batch"):
+        downscale(_batch(torch.uint8), 8)
+    with pytest.raises(ValueError, match="NCHW"):
+        downscale(_batch(torch.float32)[0], 8)
 
 
 @pytest.mark.parametrize(

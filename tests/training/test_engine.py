@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.training.conftest import tiny_recipe
+from training.augment import downscale
 from training.checkpoint import DataInfo, load_checkpoint
 from training.datasets import load_data
 from training.demo_data import DEMO_IMAGE_SIZE
@@ -333,6 +334,59 @@ def test_rotation_and_zoom_reach_the_training_batches(tmp_path: Path) -> None:
     a, b, c = (_weights(run.last_checkpoint) for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same batches
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the affine step changed them
+
+
+def test_epoch_sizes_shrink_exactly_the_listed_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progressive resizing: epoch 1 trains on 16 px batches, epoch 2 at the input size, and
+    validation (what the checkpoint reports) always at the input size."""
+    import training.engine as engine
+
+    seen: list[tuple[int, int]] = []
+
+    def recording(images: torch.Tensor, size: int) -> torch.Tensor:
+        seen.append((images.shape[-1], size))
+        return downscale(images, size)
+
+    monkeypatch.setattr(engine, "downscale", recording)
+    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 8}
+    small = train(tiny_recipe(epochs=2, epoch_sizes=(16,)), out_dir=tmp_path / "small", **common)  # type: ignore[arg-type]
+    batches_per_epoch = len(seen)
+    assert batches_per_epoch > 0
+    assert set(seen) == {(DEMO_IMAGE_SIZE, 16)}
+    full = train(tiny_recipe(epochs=2), out_dir=tmp_path / "full", **common)  # type: ignore[arg-type]
+    assert len(seen) == batches_per_epoch  # no epoch of the plain recipe was shrunk
+    a, b = _weights(small.last_checkpoint), _weights(full.last_checkpoint)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    rows = [
+        json.loads(line) for line in (tmp_path / "small" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    ckpt = load_checkpoint(small.last_checkpoint)
+    assert (ckpt.data.height, ckpt.data.width) == (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
+
+
+def test_epoch_sizes_larger_than_the_input_are_refused() -> None:
+    info = load_data("demo", None, limit_per_class=2, progress=False).info
+    with pytest.raises(TrainingError, match=r"epoch_sizes \[48\] exceed the 32x32 input"):
+        _with_input_preparation(info, tiny_recipe(epoch_sizes=(16, 48)))
+
+
+def test_an_epoch_size_the_network_cannot_take_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    recipe = tiny_recipe(model="vgg19", whiten=False, whiten_bias_epochs=None, epoch_sizes=(16,))
+    with pytest.raises(TrainingError, match="vgg19 cannot train at 16 px"):
+        train(
+            recipe,
+            data_root=None,
+            out_dir=tmp_path,
+            device="cpu",
+            progress=False,
+            limit_per_class=2,
+        )
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_cpu_training_logs_the_malloc_hint(

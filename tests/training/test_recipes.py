@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -76,6 +77,10 @@ def test_override_changes_only_named_fields() -> None:
         ({"interpolation": "area"}, "interpolation must be one of nearest, bilinear, bicubic"),
         ({"chroma_subsampling": 2, "channels": 1}, "chroma_subsampling needs RGB input"),
         ({"chroma_subsampling": 4, "image_size": 30}, "image_size must be divisible by chroma"),
+        ({"epoch_sizes": (16, 4)}, "epoch_sizes must be >= 8 pixels"),
+        ({"epochs": 2, "epoch_sizes": (16, 16, 24)}, "epoch_sizes has more entries than epochs"),
+        ({"image_size": 24, "epoch_sizes": (32,)}, "epoch_sizes must not exceed image_size"),
+        ({"epoch_sizes": [16]}, "'epoch_sizes' needs a comma-separated list of int"),
     ],
 )
 def test_override_errors_are_one_line(changes: dict[str, object], message: str) -> None:
@@ -96,6 +101,7 @@ def test_override_from_strings_parses_by_type() -> None:
             "weights=imagenet",
             "nesterov=YES",
             "label-smoothing=0.2",
+            "epoch_sizes=16,16,24",
         ]
     )
     assert recipe.epochs == 7
@@ -106,6 +112,8 @@ def test_override_from_strings_parses_by_type() -> None:
     assert recipe.weights == "imagenet"
     assert recipe.nesterov is True
     assert recipe.label_smoothing == 0.2
+    assert recipe.epoch_sizes == (16, 16, 24)
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
 
 
 @pytest.mark.parametrize(
