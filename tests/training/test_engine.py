@@ -377,15 +377,9 @@ def test_an_epoch_size_the_network_cannot_take_is_refused_before_training(
     tmp_path: Path,
 ) -> None:
     recipe = tiny_recipe(model="vgg19", whiten=False, whiten_bias_epochs=None, epoch_sizes=(16,))
+    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 2}
     with pytest.raises(TrainingError, match="vgg19 cannot train at 16 px"):
-        train(
-            recipe,
-            data_root=None,
-            out_dir=tmp_path,
-            device="cpu",
-            progress=False,
-            limit_per_class=2,
-        )
+        train(recipe, out_dir=tmp_path, **common)  # type: ignore[arg-type]
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
