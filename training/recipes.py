@@ -339,10 +339,10 @@ class Recipe:
         """Inverse of `to_dict`, ignoring keys this version does not know (older checkpoints)."""
         hints = _field_types()
         known = {k: v for k, v in data.items() if k in hints}
-        if isinstance(known.get("step_milestones"), list):
-            known["step_milestones"] = tuple(float(m) for m in known["step_milestones"])
-        if isinstance(known.get("epoch_sizes"), list):
-            known["epoch_sizes"] = tuple(int(m) for m in known["epoch_sizes"])
+        for key, value in known.items():
+            if isinstance(value, list) and get_origin(hints[key]) is tuple:  # JSON has no tuples
+                item_type = get_args(hints[key])[0]
+                known[key] = tuple(item_type(item) for item in value)
         for key in ("name", "dataset", "model"):
             if key not in known:
                 raise RecipeError(f"stored recipe lacks {key!r}")
