@@ -24,6 +24,7 @@ from training.engine import (
 )
 from training.errors import TrainingError
 from training.host import cpu_flags, loaded_malloc
+from training.recipes import Recipe
 
 
 @pytest.fixture(scope="module")
@@ -323,12 +324,23 @@ def test_checkpoints_from_before_chroma_subsampling_load_without_it() -> None:
     assert DataInfo.from_dict(old).chroma_subsampling == 1
 
 
+def _train_demo(recipe: Recipe, out_dir: Path, limit_per_class: int = 8) -> TrainResult:
+    """A run on the embedded demo set, on the CPU, without progress bars."""
+    return train(
+        recipe,
+        data_root=None,
+        out_dir=out_dir,
+        device="cpu",
+        progress=False,
+        limit_per_class=limit_per_class,
+    )
+
+
 def test_rotation_and_zoom_reach_the_training_batches(tmp_path: Path) -> None:
-    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 8}
     plain = tiny_recipe(epochs=1)
     turned = tiny_recipe(epochs=1, rotate=15.0, zoom=0.1)
     runs = [
-        train(recipe, out_dir=tmp_path / name, **common)  # type: ignore[arg-type]
+        _train_demo(recipe, tmp_path / name)
         for name, recipe in (("plain", plain), ("again", plain), ("turned", turned))
     ]
     a, b, c = (_weights(run.last_checkpoint) for run in runs)
@@ -350,12 +362,11 @@ def test_epoch_sizes_shrink_exactly_the_listed_epochs(
         return downscale(images, size)
 
     monkeypatch.setattr(engine, "downscale", recording)
-    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 8}
-    small = train(tiny_recipe(epochs=2, epoch_sizes=(16,)), out_dir=tmp_path / "small", **common)  # type: ignore[arg-type]
+    small = _train_demo(tiny_recipe(epochs=2, epoch_sizes=(16,)), tmp_path / "small")
     batches_per_epoch = len(seen)
     assert batches_per_epoch > 0
     assert set(seen) == {(DEMO_IMAGE_SIZE, 16)}
-    full = train(tiny_recipe(epochs=2), out_dir=tmp_path / "full", **common)  # type: ignore[arg-type]
+    full = _train_demo(tiny_recipe(epochs=2), tmp_path / "full")
     assert len(seen) == batches_per_epoch  # no epoch of the plain recipe was shrunk
     a, b = _weights(small.last_checkpoint), _weights(full.last_checkpoint)
     assert not all(torch.equal(a[k], b[k]) for k in a)
@@ -377,9 +388,8 @@ def test_an_epoch_size_the_network_cannot_take_is_refused_before_training(
     tmp_path: Path,
 ) -> None:
     recipe = tiny_recipe(model="vgg19", whiten=False, whiten_bias_epochs=None, epoch_sizes=(16,))
-    common = {"data_root": None, "device": "cpu", "progress": False, "limit_per_class": 2}
     with pytest.raises(TrainingError, match="vgg19 cannot train at 16 px"):
-        train(recipe, out_dir=tmp_path, **common)  # type: ignore[arg-type]
+        _train_demo(recipe, tmp_path, limit_per_class=2)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
