@@ -1,4 +1,4 @@
-"""What a CPU training run runs on, beyond torch: the malloc in the process and the CPU's flags.
+"""What a CPU training run runs on, beyond torch: the malloc in the process and the CPU.
 
 Both change a CPU run's speed more than most recipe fields do, and neither shows in torch's
 own version string, so runs record them (`summary.json`, `imgzoo bench train`):
@@ -9,8 +9,9 @@ own version string, so runs record them (`summary.json`, `imgzoo bench train`):
   2-vCPU VM of `docs/training.md` that cost a batch-2000 fastnet step 36% of its speed.
   tcmalloc (and jemalloc with retention) keeps freed pages mapped and reuses them. It is
   chosen at process start (`LD_PRELOAD`), so imgzoo can only report it and say how to use it.
-- **CPU flags.** Native bf16 (AVX-512-BF16, AMX) makes bf16 autocast 2x faster than float32;
-  without it bf16 is 15-40x slower. The VM's host CPU has varied between sessions.
+- **CPU model and flags.** Native bf16 (AVX-512-BF16, AMX) makes bf16 autocast 2x faster
+  than float32; without it bf16 is 15-40x slower. The VM's host CPU has varied between
+  sessions (AVX2-only and AVX-512 AMD EPYCs, an Intel Xeon with AMX).
 """
 
 from __future__ import annotations
@@ -74,25 +75,42 @@ def find_tcmalloc(dirs: tuple[str, ...] = LIBRARY_DIRS) -> Path | None:
     return None
 
 
-def cpu_flags(cpuinfo_text: str | None = None) -> list[str]:
-    """Which of `CPU_FLAGS_OF_INTEREST` this CPU has, in that order ([] where unknown)."""
-    if cpuinfo_text is None:
-        try:
-            cpuinfo_text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    flags: set[str] = set()
+def _cpuinfo(cpuinfo_text: str | None) -> str:
+    if cpuinfo_text is not None:
+        return cpuinfo_text
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _first_field(cpuinfo_text: str, name: str) -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo text (the first CPU's)."""
     for line in cpuinfo_text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            break
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo_text: str | None = None) -> list[str]:
+    """Which of `CPU_FLAGS_OF_INTEREST` this CPU has, in that order ([] where unknown)."""
+    flags = set((_first_field(_cpuinfo(cpuinfo_text), "flags") or "").split())
     return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags]
 
 
+def cpu_model(cpuinfo_text: str | None = None) -> str:
+    """The CPU's model name ("" where unknown).
+
+    `platform.processor()` says only "x86_64" on Linux; the model tells apart the hosts a VM
+    has landed on, whose speed for the same recipe has differed 2x between sessions.
+    """
+    return _first_field(_cpuinfo(cpuinfo_text), "model name") or ""
+
+
 def host_report() -> dict[str, object]:
-    """`malloc` and `cpu_flags`, as runs and benchmarks record them."""
-    return {"malloc": loaded_malloc(), "cpu_flags": cpu_flags()}
+    """`malloc`, `cpu_model` and `cpu_flags`, as runs and benchmarks record them."""
+    return {"malloc": loaded_malloc(), "cpu_model": cpu_model(), "cpu_flags": cpu_flags()}
 
 
 def malloc_hint(batch_pixels: int) -> str | None:

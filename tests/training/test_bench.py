@@ -7,7 +7,7 @@ import json
 import pytest
 
 from imgzoo.cli import main
-from training.host import cpu_flags, loaded_malloc
+from training.host import cpu_flags, cpu_model, loaded_malloc
 
 
 def test_bench_train_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,6 +40,7 @@ def test_bench_train_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["machine"]["torch"] and data["machine"]["device"] == "cpu"
     assert data["machine"]["malloc"] == loaded_malloc()
     assert data["machine"]["cpu_flags"] == cpu_flags()
+    assert data["machine"]["cpu_model"] == cpu_model()
 
 
 def test_bench_unknown_dataset(capsys: pytest.CaptureFixture[str]) -> None:

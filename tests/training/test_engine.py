@@ -23,7 +23,7 @@ from training.engine import (
     train,
 )
 from training.errors import TrainingError
-from training.host import cpu_flags, loaded_malloc
+from training.host import cpu_flags, cpu_model, loaded_malloc
 from training.recipes import Recipe
 
 
@@ -157,6 +157,7 @@ def test_plots_and_summary_written(demo_run: TrainResult) -> None:
     assert json.loads((demo_run.run_dir / "recipe.json").read_text())["ema_decay"] == 0.9
     # What the pytest process runs on, as training/host.py sees it.
     assert summary["malloc"] == loaded_malloc() and summary["cpu_flags"] == cpu_flags()
+    assert summary["cpu_model"] == cpu_model()
 
 
 def test_ema_weights_are_the_ones_checkpointed(demo_run: TrainResult) -> None:

@@ -1,4 +1,4 @@
-"""training/host.py: the malloc and CPU flags a run records, and the LD_PRELOAD hint."""
+"""training/host.py: the malloc, CPU model and flags a run records, and the LD_PRELOAD hint."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from training.host import (
     LARGE_BATCH_PIXELS,
     SYSTEM_MALLOC,
     cpu_flags,
+    cpu_model,
     find_tcmalloc,
     loaded_malloc,
     malloc_hint,
@@ -61,6 +62,15 @@ def test_cpu_flags_keeps_the_ones_that_pick_kernels_in_a_fixed_order() -> None:
     assert cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_bf16"]
     assert cpu_flags("processor\t: 0\nflags\t\t: fpu sse2\n") == []
     assert cpu_flags("") == []
+
+
+def test_cpu_model_is_the_first_cpus_model_name() -> None:
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu amx_tile\n\nprocessor\t: 1\nmodel name\t: Other\n"
+    )
+    assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor"
+    assert cpu_model("processor\t: 0\nflags\t\t: fpu\n") == ""
 
 
 def test_find_tcmalloc_prefers_the_minimal_library(tmp_path: Path) -> None:
