@@ -110,7 +110,12 @@ def cpu_model(cpuinfo_text: str | None = None) -> str:
 
 def host_report() -> dict[str, object]:
     """`malloc`, `cpu_model` and `cpu_flags`, as runs and benchmarks record them."""
-    return {"malloc": loaded_malloc(), "cpu_model": cpu_model(), "cpu_flags": cpu_flags()}
+    cpuinfo_text = _cpuinfo(None)  # read once for both fields
+    return {
+        "malloc": loaded_malloc(),
+        "cpu_model": cpu_model(cpuinfo_text),
+        "cpu_flags": cpu_flags(cpuinfo_text),
+    }
 
 
 def malloc_hint(batch_pixels: int) -> str | None:
