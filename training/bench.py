@@ -46,6 +46,8 @@ class BenchResult:
     compiled: bool
     warmup_seconds: float
     """The untimed first steps: with `compiled`, torch.compile's compilation is in them."""
+    gemm_weight_grad_side: int = 0
+    """The recipe field of that name the steps ran with (0 = oneDNN's weight gradients)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,17 +128,20 @@ def benchmark_training(
     amp: str = "off",
     channels_last: bool = False,
     compile_model: bool = False,
+    gemm_weight_grad_side: int = 0,
     device: str = "auto",
 ) -> list[BenchResult]:
     """Images/s of training steps for each model (registered order when `models` is None).
 
     `compile_model` runs the steps through torch.compile, as the recipe field `compile` does;
     the compilation happens in the warmup steps, so give it at least one.
+    `gemm_weight_grad_side` is the recipe field of that name (`training.gemm_conv`).
     """
     from models import count_parameters, get_model, list_models
     from training.distributed import resolve_device
     from training.engine import autocast_dtype
     from training.errors import TrainingError
+    from training.gemm_conv import gemm_weight_grads
 
     if dataset not in DATASET_SHAPES:
         raise TrainingError(
@@ -144,6 +149,10 @@ def benchmark_training(
         )
     if compile_model and warmup < 1:
         raise TrainingError("a compiled benchmark needs --warmup >= 1: the first step compiles")
+    if gemm_weight_grad_side < 0:
+        raise TrainingError("--gemm-weight-grad-side must be >= 0 (0 = off)")
+    if gemm_weight_grad_side and compile_model:
+        raise TrainingError("--gemm-weight-grad-side does not combine with --compile")
     channels, native, classes = DATASET_SHAPES[dataset]
     size = image_size or native
     dev = resolve_device(device)
@@ -162,17 +171,18 @@ def benchmark_training(
         ).to(dev)
         labels = torch.randint(0, classes, (batch,), generator=gen).to(dev)
         preprocess = InputPreprocess([0.5] * channels, [0.25] * channels).to(dev)
-        warmup_seconds, seconds = _train_step_time(
-            model,
-            images,
-            labels,
-            preprocess,
-            steps=steps,
-            warmup=warmup,
-            amp=amp_dtype,
-            channels_last=channels_last,
-            compile_model=compile_model,
-        )
+        with gemm_weight_grads(model, gemm_weight_grad_side):
+            warmup_seconds, seconds = _train_step_time(
+                model,
+                images,
+                labels,
+                preprocess,
+                steps=steps,
+                warmup=warmup,
+                amp=amp_dtype,
+                channels_last=channels_last,
+                compile_model=compile_model,
+            )
         results.append(
             BenchResult(
                 model=name,
@@ -186,6 +196,7 @@ def benchmark_training(
                 parameters=count_parameters(model),
                 compiled=compile_model,
                 warmup_seconds=warmup_seconds,
+                gemm_weight_grad_side=gemm_weight_grad_side,
             )
         )
     return results
@@ -205,6 +216,9 @@ def format_results(results: list[BenchResult], info: dict[str, Any]) -> str:
         )
     if any(r.compiled for r in results):
         lines.append("(torch.compile: its compilation is in the warmup seconds)")
+    side = max((r.gemm_weight_grad_side for r in results), default=0)
+    if side:
+        lines.append(f"(weight gradients as one GEMM for convolution outputs up to {side} px)")
     lines.append("")
     lines.extend(f"{k}: {v}" for k, v in info.items())
     return "\n".join(lines)

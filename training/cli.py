@@ -434,6 +434,16 @@ def register_bench(kinds: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="run the steps through torch.compile (it compiles during the warmup steps)",
     )
+    t.add_argument(
+        "--gemm-weight-grad-side",
+        type=int,
+        default=0,
+        metavar="PX",
+        help=(
+            "as the recipe field: convolutions with outputs up to PX a side compute their weight "
+            "gradient as one GEMM (0 = off)"
+        ),
+    )
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, metavar="N", help="torch intra-op CPU threads")
     t.add_argument("--json", action="store_true", help="machine-readable output")
@@ -456,6 +466,7 @@ def _bench_train_command(args: argparse.Namespace) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         compile_model=args.compile,
+        gemm_weight_grad_side=args.gemm_weight_grad_side,
         device=args.device,
     )
     info = machine_info(args.device)

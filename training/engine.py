@@ -44,6 +44,7 @@ from training.checkpoint import Checkpoint, DataInfo, load_checkpoint
 from training.distributed import DistContext
 from training.ema import ModelEma
 from training.errors import TrainingError
+from training.gemm_conv import gemm_weight_grads
 from training.host import host_report, malloc_hint
 from training.lookahead import Lookahead
 from training.optim import build_optimizer
@@ -733,31 +734,33 @@ def _train_loop(
         if _set_whiten_bias_trainable(run.model, recipe, epoch) and ctx.enabled:
             # DDP fixes the set of parameters it reduces when it wraps the model.
             run.forward = _wrap(run.model, recipe, ctx)
-        stats = train_one_epoch(
-            run.forward,
-            run.model,
-            train_x,
-            train_y,
-            recipe=recipe,
-            preprocess=run.preprocess,
-            criterion=criterion,
-            optimizer=run.optimizer,
-            schedule=run.schedule,
-            state=run.state,
-            lookahead=run.lookahead,
-            ema=run.ema,
-            scaler=run.scaler,
-            generator=shuffle,
-            aug_generator=aug,
-            ctx=ctx,
-            amp_dtype=run.amp_dtype,
-            progress=progress and main,
-            desc=f"epoch {epoch}/{recipe.epochs}",
-            flip_mask=(
-                alternating_flip_mask(run.flip_base, epoch) if run.flip_base is not None else None
-            ),
-            train_size=epoch_train_size(recipe, epoch),
-        )
+        # Switched for the epoch's steps only: evaluation and checkpoints see the plain modules.
+        with gemm_weight_grads(run.model, recipe.gemm_weight_grad_side):
+            stats = train_one_epoch(
+                run.forward,
+                run.model,
+                train_x,
+                train_y,
+                recipe=recipe,
+                preprocess=run.preprocess,
+                criterion=criterion,
+                optimizer=run.optimizer,
+                schedule=run.schedule,
+                state=run.state,
+                lookahead=run.lookahead,
+                ema=run.ema,
+                scaler=run.scaler,
+                generator=shuffle,
+                aug_generator=aug,
+                ctx=ctx,
+                amp_dtype=run.amp_dtype,
+                progress=progress and main,
+                desc=f"epoch {epoch}/{recipe.epochs}",
+                flip_mask=(
+                    None if run.flip_base is None else alternating_flip_mask(run.flip_base, epoch)
+                ),
+                train_size=epoch_train_size(recipe, epoch),
+            )
         run.train_seconds += stats.seconds
         # Rank 0's normalisation statistics become everyone's, so ranks stay identical.
         distributed.broadcast_module(run.model, ctx)

@@ -84,3 +84,29 @@ def test_bench_compile_needs_a_warmup_step(capsys: pytest.CaptureFixture[str]) -
     argv = ["bench", "train", "--models", "fastnet", "--compile", "--warmup", "0"]
     assert main([*argv, "--device", "cpu"]) == 2
     assert "--warmup >= 1" in capsys.readouterr().err
+
+
+def test_bench_records_the_gemm_weight_grad_side(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "train", "--models", "fastnet", "--steps", "1", "--warmup", "0"]
+    argv += ["--batch-size", "2", "--gemm-weight-grad-side", "8", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "weight gradients as one GEMM for convolution outputs up to 8 px" in out
+    assert main([*argv, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["gemm_weight_grad_side"] == 8
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--gemm-weight-grad-side", "-1"], "--gemm-weight-grad-side must be >= 0"),
+        (["--gemm-weight-grad-side", "8", "--compile"], "does not combine with --compile"),
+    ],
+)
+def test_bench_gemm_weight_grad_side_errors(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "train", "--models", "fastnet", "--device", "cpu", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

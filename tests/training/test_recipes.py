@@ -81,6 +81,8 @@ def test_override_changes_only_named_fields() -> None:
         ({"epochs": 2, "epoch_sizes": (16, 16, 24)}, "epoch_sizes has more entries than epochs"),
         ({"image_size": 24, "epoch_sizes": (32,)}, "epoch_sizes must not exceed image_size"),
         ({"epoch_sizes": [16]}, "'epoch_sizes' needs a comma-separated list of int"),
+        ({"gemm_weight_grad_side": -1}, "gemm_weight_grad_side must be >= 0 (0 = off)"),
+        ({"gemm_weight_grad_side": 8, "compile": True}, "does not combine with compile"),
     ],
 )
 def test_override_errors_are_one_line(changes: dict[str, object], message: str) -> None:
