@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_input
 
 
 def conv_weight_grad_gemm(
@@ -76,19 +77,9 @@ class _GemmWeightGradConv(torch.autograd.Function):
         grad_out = grad_out.to(x.dtype)
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_input = torch.ops.aten.convolution_backward(
-                grad_out,
-                x,
-                w,
-                None,
-                [1, 1],
-                [padding, padding],
-                [1, 1],
-                False,
-                [0, 0],
-                1,
-                [True, False, False],
-            )[0].to(ctx.input_dtype)
+            grad_input = conv2d_input(  # type: ignore[no-untyped-call]
+                x.shape, w, grad_out, padding=padding
+            ).to(ctx.input_dtype)
         if ctx.needs_input_grad[1]:
             grad = conv_weight_grad_gemm(grad_out, x, w.shape[-1], padding)
             grad_weight = grad.to(ctx.weight_dtype).contiguous(memory_format=_weight_format(w))

@@ -18,19 +18,9 @@ from training.gemm_conv import (
 def _reference_weight_grad(
     grad_out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, padding: int
 ) -> torch.Tensor:
-    grad: torch.Tensor = torch.ops.aten.convolution_backward(
-        grad_out,
-        inputs,
-        weight,
-        None,
-        [1, 1],
-        [padding, padding],
-        [1, 1],
-        False,
-        [0, 0],
-        1,
-        [False, True, False],
-    )[1]
+    grad: torch.Tensor = torch.nn.grad.conv2d_weight(
+        inputs, weight.shape, grad_out, padding=padding
+    )
     return grad
 
 
