@@ -60,6 +60,7 @@ from service.runtime import (
     check_signature,
     create_ort_session,
     create_pool,
+    pinnable_cpus,
     plan_providers,
     threads_per_session,
 )
@@ -600,6 +601,11 @@ class ModelRegistry:
             factory=self._session_factory,
             solo_threads=available_cpus() if self.settings.solo_session else 0,
             solo_spinning=self.settings.solo_spinning,
+            pin_cpus=(
+                pinnable_cpus(batching.sessions, spec.intra_op_threads)
+                if self.settings.pin_session_threads
+                else ()
+            ),
         )
         try:
             for session in pool.sessions:

@@ -7,12 +7,13 @@ several sessions (and image decoding) overlap on the event loop's behalf.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,37 @@ def available_cpus() -> int:
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def pinnable_cpus(sessions: int, threads: int) -> tuple[int, ...]:
+    """The CPUs to pin a pool's inference threads to, one thread each; () for no pinning.
+
+    Only for the CPU layout where `sessions` single-threaded sessions cover exactly the CPUs
+    this process may use: its affinity mask, with no narrower cgroup quota (under a quota the
+    process's time may come from any CPU of the mask, so none is its own). Unpinned, the
+    scheduler moves an inference thread aside whenever the event loop wakes and lets two of them
+    share a core by turns, each refilling the caches the other evicted; pinned, each keeps its
+    core and only the loop's short turns interrupt it (docs/benchmarks.md, change 24).
+    """
+    if threads != 1 or sessions < 2:
+        return ()
+    try:
+        mask = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return ()
+    if len(mask) != sessions or available_cpus() != len(mask):
+        return ()
+    return tuple(mask)
+
+
+def pin_calling_thread(cpus: Collection[int]) -> bool:
+    """Bind the calling thread (not the process) to `cpus`; a refusal leaves it as it was."""
+    try:
+        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread on Linux
+    except OSError as exc:
+        logger.warning("could not pin an inference thread to CPUs %s: %s", sorted(cpus), exc)
+        return False
+    return True
 
 
 def threads_per_session(configured: int, sessions: int) -> int:
@@ -255,6 +287,8 @@ class SessionPool:
     (no other batch running): a batch that merely finds the sessions idle while more work is
     coming keeps to one core, so a solo run rarely overlaps another batch's. That matters most
     when the solo session spins.
+
+    With `pin_cpus` (see `pinnable_cpus`), the pool's i-th thread runs only on `pin_cpus[i]`.
     """
 
     def __init__(
@@ -263,6 +297,7 @@ class SessionPool:
         provider: str,
         name: str,
         solo: Session | None = None,
+        pin_cpus: Sequence[int] = (),
     ) -> None:
         if not sessions:
             raise ValueError("a session pool needs at least one session")
@@ -276,7 +311,20 @@ class SessionPool:
         self._lock = threading.Lock()
         self._running = 0
         self.solo_batches = 0
-        self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=f"ort-{name}")
+        self.pin_cpus = tuple(pin_cpus)
+        # The CPU each pinned executor thread has; unset in any other thread (the event loop's).
+        self._pinned = threading.local()
+        # Each new executor thread takes the next CPU (`next` on a cycle is atomic under the GIL).
+        cpus = itertools.cycle(self.pin_cpus)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.size,
+            thread_name_prefix=f"ort-{name}",
+            initializer=(lambda: self._pin_worker(next(cpus))) if self.pin_cpus else None,
+        )
+
+    def _pin_worker(self, cpu: int) -> None:
+        if pin_calling_thread({cpu}):
+            self._pinned.cpu = cpu
 
     @property
     def sessions(self) -> tuple[Session, ...]:
@@ -295,11 +343,18 @@ class SessionPool:
             if solo is not None:
                 self.solo_batches += 1
         session = solo if solo is not None else self._free.get()
+        # The solo session spreads over every CPU from whichever thread calls it: a pinned
+        # caller is freed for the run, or its share of the work would wait for its one CPU.
+        pinned_cpu: int | None = getattr(self._pinned, "cpu", None) if solo is not None else None
+        if pinned_cpu is not None:
+            pin_calling_thread(self.pin_cpus)
         try:
             start = perf_counter()
             logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
             elapsed = perf_counter() - start
         finally:
+            if pinned_cpu is not None:
+                pin_calling_thread({pinned_cpu})
             if solo is None:
                 self._free.put(session)
             with self._lock:
@@ -338,13 +393,14 @@ def create_pool(
     factory: SessionFactory = create_ort_session,
     solo_threads: int = 0,
     solo_spinning: bool = False,
+    pin_cpus: Sequence[int] = (),
 ) -> SessionPool:
     """Create `count` sessions of one model (blocking) and check what they run on.
 
     `solo_threads` > `spec.intra_op_threads` adds a solo session with that many threads (see
     `SessionPool`), only where the sessions run on the CPU. `solo_spinning`: its threads spin
     while it runs (not after), so a lone batch's layers hand work between cores without a
-    wake-up each time.
+    wake-up each time. `pin_cpus`: see `SessionPool`; ignored unless the sessions run on the CPU.
     """
     sessions = [factory(model, spec) for _ in range(count)]
     providers = {selector.confirm(s.get_providers()) for s in sessions}
@@ -355,7 +411,13 @@ def create_pool(
         if solo_spinning and not spec.spinning:
             solo_spec = replace(solo_spec, spinning=True, stop_spinning_after_run=True)
         solo = factory(model, solo_spec)
-    return SessionPool(sessions, provider=provider, name=name, solo=solo)
+    return SessionPool(
+        sessions,
+        provider=provider,
+        name=name,
+        solo=solo,
+        pin_cpus=pin_cpus if provider == CPU else (),
+    )
 
 
 # Each session holds its own copy of the weights and is warmed up at every batch size: past a

@@ -109,6 +109,15 @@ class Settings(BaseSettings):
             "(affinity and cgroup quota) divided by `sessions`."
         ),
     )
+    pin_session_threads: bool = Field(
+        default=True,
+        description=(
+            "When a model's single-threaded sessions cover exactly the CPUs this process may use "
+            "(the default layout, with no narrower cgroup quota), bind each of its inference "
+            "threads to one of those CPUs, so that two never share a core by turns "
+            "(docs/benchmarks.md, change 24). Off: the scheduler places them."
+        ),
+    )
     intra_op_spinning: bool = Field(
         default=False,
         description="Let idle ONNX Runtime threads spin (lower latency on a dedicated machine, "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from imgzoo.errors import UserError
+from service.core import Service
 from service.dataplane import softmax, top_k_predictions
 from service.registry import warmup_batch_sizes
 from service.runtime import (
@@ -28,10 +31,12 @@ from service.runtime import (
     available_cpus,
     cgroup_cpu_limit,
     create_pool,
+    pinnable_cpus,
     plan_providers,
     threads_per_session,
 )
 from service.settings import BatchingConfig, ModelConfig, Settings, load_model_config
+from tests.service.conftest import Repository, copy_version
 
 
 def test_environment_is_read_with_the_prefix_and_keywords_win(
@@ -262,3 +267,129 @@ def test_automatic_sessions_are_capped_on_a_large_machine(monkeypatch: pytest.Mo
     assert auto_sessions(plan_providers("cpu")) == MAX_AUTO_SESSIONS
     # The threads are shared among the capped sessions: 64 CPUs, 8 sessions, 8 threads each.
     assert threads_per_session(0, MAX_AUTO_SESSIONS) == 8
+
+
+def test_threads_are_pinned_only_when_one_thread_sessions_cover_the_cpus_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mask = {2, 5, 7}
+    monkeypatch.setattr("service.runtime.os.sched_getaffinity", lambda pid: set(mask))
+    monkeypatch.setattr("service.runtime.available_cpus", lambda: 3)
+    assert pinnable_cpus(3, 1) == (2, 5, 7)
+    assert pinnable_cpus(3, 2) == ()  # several threads a session: ORT places them
+    assert pinnable_cpus(2, 1) == ()  # fewer sessions than CPUs
+    assert pinnable_cpus(4, 1) == ()  # more sessions than CPUs: they would share cores
+    mask.clear()
+    mask.add(0)
+    monkeypatch.setattr("service.runtime.available_cpus", lambda: 1)
+    assert pinnable_cpus(1, 1) == ()  # one CPU: nothing to choose
+    # A cgroup quota narrower than the mask: the process's time may come from any CPU.
+    mask.update({0, 1, 2, 3})
+    monkeypatch.setattr("service.runtime.available_cpus", lambda: 2)
+    assert pinnable_cpus(4, 1) == () and pinnable_cpus(2, 1) == ()
+
+
+class _AffinitySession(_RecordingSession):
+    """Records the CPUs the calling thread may run on during each run."""
+
+    def __init__(self, name: str, seen: list[frozenset[int]], gate: threading.Event) -> None:
+        super().__init__(name, [], gate)
+        self.seen = seen
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+        self.seen.append(frozenset(os.sched_getaffinity(0)))
+        return super().run(output_names, input_feed)
+
+
+def _two_cpus() -> tuple[int, int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to pin to")
+    return cpus[0], cpus[1]
+
+
+def test_pinned_pool_threads_each_keep_one_cpu_and_a_solo_run_gets_them_all() -> None:
+    cpus = _two_cpus()
+    main_mask = os.sched_getaffinity(0)
+    seen: list[frozenset[int]] = []
+    gate = threading.Event()
+    narrow = [_AffinitySession(f"narrow{i}", seen, gate) for i in range(2)]
+    solo = _AffinitySession("solo", seen, gate)
+    pool = SessionPool(narrow, provider="CPUExecutionProvider", name="t", solo=solo,
+                       pin_cpus=cpus)  # fmt: skip
+    batch = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+
+    async def side_by_side() -> None:
+        runs = [asyncio.ensure_future(pool.run(batch, False)) for _ in range(2)]
+        while len(seen) < 2:  # both threads hold a run: each started on its own thread
+            await asyncio.sleep(0.001)
+        gate.set()
+        await asyncio.gather(*runs)
+
+    asyncio.run(side_by_side())
+    assert sorted(seen) == sorted([frozenset({cpus[0]}), frozenset({cpus[1]})])
+    seen.clear()
+    # A batch alone takes the solo session, whose threads must spread over every CPU: the
+    # pinned thread that calls it is freed for the run, then pinned again.
+    asyncio.run(pool.run(batch, True))
+    assert seen == [frozenset(cpus)]
+    seen.clear()
+    asyncio.run(pool.run(batch, False))
+    assert seen[0] in (frozenset({cpus[0]}), frozenset({cpus[1]}))
+    # The caller's own thread (here the event loop's) is never pinned.
+    pool.run_sync(batch, True)
+    assert seen[-1] == main_mask and os.sched_getaffinity(0) == main_mask
+    pool.close()
+
+
+def test_an_unpinned_pool_leaves_its_threads_to_the_scheduler() -> None:
+    _two_cpus()
+    seen: list[frozenset[int]] = []
+    gate = threading.Event()
+    gate.set()
+    pool = SessionPool([_AffinitySession("s", seen, gate)], provider="CPUExecutionProvider",
+                       name="t")  # fmt: skip
+    asyncio.run(pool.run(np.zeros((1, 4, 4, 3), dtype=np.uint8), False))
+    assert seen == [frozenset(os.sched_getaffinity(0))] and pool.pin_cpus == ()
+    pool.close()
+
+
+def test_pinning_applies_to_cpu_pools_only() -> None:
+    class _GpuSession(_RecordingSession):
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    spec = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
+    cpu = create_pool(b"", count=2, spec=spec, selector=ProviderSelector(plan_providers("cpu")),
+                      name="a", factory=lambda m, s: _RecordingSession("s", []),
+                      pin_cpus=(0, 1))  # fmt: skip
+    assert cpu.pin_cpus == (0, 1)
+    # The sessions report CUDA first: the pool runs on the GPU, whatever was planned.
+    gpu = create_pool(b"", count=2, spec=spec, selector=ProviderSelector(plan_providers("cpu")),
+                      name="b", factory=lambda m, s: _GpuSession("s", []),
+                      pin_cpus=(0, 1))  # fmt: skip
+    assert gpu.provider == "CUDAExecutionProvider" and gpu.pin_cpus == ()
+    cpu.close()
+    gpu.close()
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_the_service_pins_a_models_threads_where_its_sessions_cover_the_cpus(
+    model_repository: Repository, tmp_path: Path, pin: bool
+) -> None:
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    if len(cpus) < 2 or available_cpus() != len(cpus):
+        pytest.skip("needs two or more CPUs of its own (no narrower cgroup quota)")
+    copy_version(tmp_path, model_repository.gray)
+    settings = Settings(repository=tmp_path, providers="cpu", sessions=len(cpus),
+                        intra_op_threads=0, decode_threads=1, pin_session_threads=pin)  # fmt: skip
+
+    async def pinned_cpus() -> tuple[int, ...]:
+        service = Service(settings)
+        await service.start()
+        try:
+            return service.registry.resolve("gray", "tiny").pool.pin_cpus
+        finally:
+            await service.stop()
+
+    assert asyncio.run(pinned_cpus()) == (cpus if pin else ())
