@@ -606,6 +606,7 @@ class ModelRegistry:
                 if self.settings.pin_session_threads
                 else ()
             ),
+            nice=self.settings.inference_thread_nice,
         )
         try:
             for session in pool.sessions:

@@ -109,6 +109,15 @@ def pin_calling_thread(cpus: Collection[int]) -> bool:
     return True
 
 
+def lower_calling_thread_priority(by: int) -> None:
+    """Make the calling thread (Linux: niceness is per thread) `by` nicer; never fails."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (AttributeError, OSError) as exc:  # not on Unix, or refused
+        logger.warning("could not lower an inference thread's priority: %s", exc)
+
+
 def threads_per_session(configured: int, sessions: int) -> int:
     """`configured` when set, else the available CPUs shared among the sessions of a model."""
     if configured > 0:
@@ -289,6 +298,9 @@ class SessionPool:
     when the solo session spins.
 
     With `pin_cpus` (see `pinnable_cpus`), the pool's i-th thread runs only on `pin_cpus[i]`.
+    With `nice` > 0 its threads run that much nicer than the thread that made the pool: the
+    event loop, which every request passes through, then gets a shared core first and never
+    queues requests behind a batch (docs/benchmarks.md, change 25).
     """
 
     def __init__(
@@ -296,8 +308,10 @@ class SessionPool:
         sessions: Sequence[Session],
         provider: str,
         name: str,
+        *,
         solo: Session | None = None,
         pin_cpus: Sequence[int] = (),
+        nice: int = 0,
     ) -> None:
         if not sessions:
             raise ValueError("a session pool needs at least one session")
@@ -314,17 +328,20 @@ class SessionPool:
         self.pin_cpus = tuple(pin_cpus)
         # The CPU each pinned executor thread has; unset in any other thread (the event loop's).
         self._pinned = threading.local()
+        self.nice = nice
         # Each new executor thread takes the next CPU (`next` on a cycle is atomic under the GIL).
         cpus = itertools.cycle(self.pin_cpus)
         self._executor = ThreadPoolExecutor(
             max_workers=self.size,
             thread_name_prefix=f"ort-{name}",
-            initializer=(lambda: self._pin_worker(next(cpus))) if self.pin_cpus else None,
+            initializer=lambda: self._start_worker(next(cpus, None)),
         )
 
-    def _pin_worker(self, cpu: int) -> None:
-        if pin_calling_thread({cpu}):
+    def _start_worker(self, cpu: int | None) -> None:
+        if cpu is not None and pin_calling_thread({cpu}):
             self._pinned.cpu = cpu
+        if self.nice > 0:
+            lower_calling_thread_priority(self.nice)
 
     @property
     def sessions(self) -> tuple[Session, ...]:
@@ -394,13 +411,15 @@ def create_pool(
     solo_threads: int = 0,
     solo_spinning: bool = False,
     pin_cpus: Sequence[int] = (),
+    nice: int = 0,
 ) -> SessionPool:
     """Create `count` sessions of one model (blocking) and check what they run on.
 
     `solo_threads` > `spec.intra_op_threads` adds a solo session with that many threads (see
     `SessionPool`), only where the sessions run on the CPU. `solo_spinning`: its threads spin
     while it runs (not after), so a lone batch's layers hand work between cores without a
-    wake-up each time. `pin_cpus`: see `SessionPool`; ignored unless the sessions run on the CPU.
+    wake-up each time. `pin_cpus` and `nice`: see `SessionPool`; ignored unless the sessions run on
+    the CPU.
     """
     sessions = [factory(model, spec) for _ in range(count)]
     providers = {selector.confirm(s.get_providers()) for s in sessions}
@@ -417,6 +436,7 @@ def create_pool(
         name=name,
         solo=solo,
         pin_cpus=pin_cpus if provider == CPU else (),
+        nice=nice if provider == CPU else 0,
     )
 
 

@@ -118,6 +118,17 @@ class Settings(BaseSettings):
             "(docs/benchmarks.md, change 24). Off: the scheduler places them."
         ),
     )
+    inference_thread_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "On the CPU provider, how much nicer (lower priority, Linux `nice`) the inference "
+            "threads run than the event loop: every request passes through the loop, so when "
+            "both want a core the loop goes first and new requests reach the queue while a "
+            "batch runs (docs/benchmarks.md, change 25). 0 = the same priority."
+        ),
+    )
     intra_op_spinning: bool = Field(
         default=False,
         description="Let idle ONNX Runtime threads spin (lower latency on a dedicated machine, "

@@ -384,12 +384,59 @@ def test_the_service_pins_a_models_threads_where_its_sessions_cover_the_cpus(
     settings = Settings(repository=tmp_path, providers="cpu", sessions=len(cpus),
                         intra_op_threads=0, decode_threads=1, pin_session_threads=pin)  # fmt: skip
 
-    async def pinned_cpus() -> tuple[int, ...]:
+    async def pool_settings() -> tuple[tuple[int, ...], int]:
         service = Service(settings)
         await service.start()
         try:
-            return service.registry.resolve("gray", "tiny").pool.pin_cpus
+            pool = service.registry.resolve("gray", "tiny").pool
+            return pool.pin_cpus, pool.nice
         finally:
             await service.stop()
 
-    assert asyncio.run(pinned_cpus()) == (cpus if pin else ())
+    assert asyncio.run(pool_settings()) == ((cpus if pin else ()), 10)
+
+
+class _PrioritySession(_RecordingSession):
+    """Records the calling thread's niceness during each run."""
+
+    def __init__(self, seen: list[int]) -> None:
+        super().__init__("s", [])
+        self.seen = seen
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().run(output_names, input_feed)
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_inference_threads_run_nicer_than_the_loop_by_the_setting(nice: int) -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if mine + nice > 19:
+        pytest.skip("this test process already runs at the lowest priority")
+    seen: list[int] = []
+    pool = SessionPool([_PrioritySession(seen)], provider="CPUExecutionProvider", name="t",
+                       nice=nice)  # fmt: skip
+    batch = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    asyncio.run(pool.run(batch, False))
+    asyncio.run(pool.run(batch, False))  # the same thread: lowered once, not twice
+    pool.run_sync(batch, False)  # the caller's own thread keeps its priority
+    assert seen == [mine + nice, mine + nice, mine]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    pool.close()
+
+
+def test_niceness_applies_to_cpu_pools_only() -> None:
+    class _GpuSession(_PrioritySession):
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    spec = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
+    selector = ProviderSelector(plan_providers("cpu"))
+    seen: list[int] = []
+    cpu = create_pool(b"", count=1, spec=spec, selector=selector, name="a",
+                      factory=lambda m, s: _PrioritySession(seen), nice=3)  # fmt: skip
+    gpu = create_pool(b"", count=1, spec=spec, selector=selector, name="b",
+                      factory=lambda m, s: _GpuSession(seen), nice=3)  # fmt: skip
+    assert (cpu.nice, gpu.nice) == (3, 0)
+    cpu.close()
+    gpu.close()
