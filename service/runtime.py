@@ -298,9 +298,9 @@ class SessionPool:
     when the solo session spins.
 
     With `pin_cpus` (see `pinnable_cpus`), the pool's i-th thread runs only on `pin_cpus[i]`.
-    With `nice` > 0 its threads run that much nicer than the thread that made the pool: the
-    event loop, which every request passes through, then gets a shared core first and never
-    queues requests behind a batch (docs/benchmarks.md, change 25).
+    With `nice` > 0 its threads lower their priority by that much when they start: the event
+    loop, which every request passes through, then gets a shared core first, so requests keep
+    reaching the queue while batches run (docs/benchmarks.md, change 25).
     """
 
     def __init__(

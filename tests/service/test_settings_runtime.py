@@ -354,11 +354,14 @@ def test_an_unpinned_pool_leaves_its_threads_to_the_scheduler() -> None:
     pool.close()
 
 
-def test_pinning_applies_to_cpu_pools_only() -> None:
-    class _GpuSession(_RecordingSession):
-        def get_providers(self) -> list[str]:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+class _GpuSession(_RecordingSession):
+    """A session that reports running on CUDA."""
 
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_pinning_applies_to_cpu_pools_only() -> None:
     spec = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
     cpu = create_pool(b"", count=2, spec=spec, selector=ProviderSelector(plan_providers("cpu")),
                       name="a", factory=lambda m, s: _RecordingSession("s", []),
@@ -426,17 +429,13 @@ def test_inference_threads_run_nicer_than_the_loop_by_the_setting(nice: int) -> 
 
 
 def test_niceness_applies_to_cpu_pools_only() -> None:
-    class _GpuSession(_PrioritySession):
-        def get_providers(self) -> list[str]:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
     spec = SessionSpec(providers=("CPUExecutionProvider",), intra_op_threads=1, spinning=False)
     selector = ProviderSelector(plan_providers("cpu"))
     seen: list[int] = []
     cpu = create_pool(b"", count=1, spec=spec, selector=selector, name="a",
                       factory=lambda m, s: _PrioritySession(seen), nice=3)  # fmt: skip
     gpu = create_pool(b"", count=1, spec=spec, selector=selector, name="b",
-                      factory=lambda m, s: _GpuSession(seen), nice=3)  # fmt: skip
+                      factory=lambda m, s: _GpuSession("s", []), nice=3)  # fmt: skip
     assert (cpu.nice, gpu.nice) == (3, 0)
     cpu.close()
     gpu.close()
