@@ -436,12 +436,14 @@ class ModelRegistry:
             logger.error("cannot load %s: %s", failure.path, failure.reason)
             self.metrics.load_failures.labels(failure.dataset, failure.model).inc()
         for entry in staged:
+            placement = entry.pool.thread_placement
             logger.info(
-                "loaded %s on %s (batch <= %d, %d session(s))",
+                "loaded %s on %s (batch <= %d, %d session(s)%s)",
                 entry.name,
                 entry.provider,
                 entry.batching.max_batch_size,
                 entry.batching.sessions,
+                f"; {placement}" if placement else "",
             )
         await self._retire_all(retired)
         self.metrics.reloads.labels("ok").inc()

@@ -337,6 +337,16 @@ class SessionPool:
             initializer=lambda: self._start_worker(next(cpus, None)),
         )
 
+    @property
+    def thread_placement(self) -> str:
+        """Where the pool's threads run, for the load log: "" when the scheduler decides."""
+        parts = []
+        if self.pin_cpus:
+            parts.append("threads on CPUs " + ",".join(map(str, self.pin_cpus)))
+        if self.nice > 0:
+            parts.append(f"{self.nice} nicer than the loop")
+        return ", ".join(parts)
+
     def _start_worker(self, cpu: int | None) -> None:
         if cpu is not None and pin_calling_thread({cpu}):
             self._pinned.cpu = cpu

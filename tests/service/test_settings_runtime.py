@@ -399,6 +399,18 @@ def test_the_service_pins_a_models_threads_where_its_sessions_cover_the_cpus(
     assert asyncio.run(pool_settings()) == ((cpus if pin else ()), 10)
 
 
+def test_the_load_log_says_where_the_threads_run() -> None:
+    def pool(**placement: Any) -> SessionPool:
+        return SessionPool([_RecordingSession("s", [])], provider="CPUExecutionProvider",
+                           name="t", **placement)  # fmt: skip
+
+    assert pool().thread_placement == ""
+    assert pool(nice=10).thread_placement == "10 nicer than the loop"
+    assert pool(pin_cpus=(2, 5), nice=3).thread_placement == (
+        "threads on CPUs 2,5, 3 nicer than the loop"
+    )
+
+
 class _PrioritySession(_RecordingSession):
     """Records the calling thread's niceness during each run."""
 
