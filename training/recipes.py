@@ -604,7 +604,7 @@ RECIPES: dict[str, Recipe] = {
             **AIRBENCH94_MUON,
         ),
         # Sized for a CPU: 24 epochs take 51 minutes at ~350 img/s in bf16 on an AMX host
-        # (about 2.5 hours at the ~106 img/s of an AVX-512 one). A one-cycle triangle with 20 %
+        # (nearly 3 hours at the ~106 img/s of an AVX-512 one). A one-cycle triangle with 20 %
         # warm-up, label smoothing 0.2, alternating flips and TTA. 15 epochs reached 93.29%
         # on two seeds, their TTA gains apart; 24 clear 93.5% before TTA (docs/results.md).
         _cifar10(
