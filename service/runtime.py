@@ -434,8 +434,9 @@ def create_pool(
     sessions = [factory(model, spec) for _ in range(count)]
     providers = {selector.confirm(s.get_providers()) for s in sessions}
     provider = sorted(providers)[0]
+    on_cpu = provider == CPU  # the solo session, pinning and niceness are for CPU cores only
     solo = None
-    if provider == CPU and solo_threads > spec.intra_op_threads:
+    if on_cpu and solo_threads > spec.intra_op_threads:
         solo_spec = replace(spec, intra_op_threads=solo_threads)
         if solo_spinning and not spec.spinning:
             solo_spec = replace(solo_spec, spinning=True, stop_spinning_after_run=True)
@@ -445,8 +446,8 @@ def create_pool(
         provider=provider,
         name=name,
         solo=solo,
-        pin_cpus=pin_cpus if provider == CPU else (),
-        nice=nice if provider == CPU else 0,
+        pin_cpus=pin_cpus if on_cpu else (),
+        nice=nice if on_cpu else 0,
     )
 
 
