@@ -529,7 +529,7 @@ AIRBENCH94_MUON: dict[str, Any] = {
 
 # What the CPU-sized recipes of the residual and VGG networks share, as `cifar10_resnet_small`
 # measured it: SGD with Nesterov 0.9 and decay 5e-4 on a one-cycle triangle, alternating
-# flips, 2-view TTA, the last weights kept (nothing selected on the reported split), bf16
+# flips, TTA 2 (6 views), the last weights kept (nothing selected on the reported split), bf16
 # where native, channels_last. Each recipe adds its length, batch, peak lr (per batch, not
 # scaled), warm-up, label smoothing and translation.
 CPU_ONECYCLE: dict[str, Any] = {

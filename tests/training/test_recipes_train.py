@@ -55,7 +55,7 @@ DATA: dict[str, DataPlan] = {
 # the training loss instead (and still export exactly).
 LOSS_ONLY: dict[str, str] = {
     "resnet50": "about 4 images/s on a busy core: a few dozen images seen",
-    "vgg19": "about 4 images/s on a busy core at its 32 px floor: a few dozen images seen",
+    "vgg19": "about 4 images/s on a busy core at its 32 px floor: about a hundred images seen",
     # Measured: train accuracy 70-72 %, validation 58-62 % of 48 images after 3-5 epochs.
     "fer2013_resnet_small": "faces at 16 px from ~100 images overfit before they generalise",
     # Measured: train accuracy 71 %, validation 60 % of 48 images after 3 epochs.
