@@ -733,26 +733,23 @@ RECIPES: dict[str, Recipe] = {
             crop_padding=6,
             **CPU_ONECYCLE,
         ),
-        # GPU-sized and not measured: 80 epochs take ~11.6 hours at the 24 img/s of an AMX
-        # host (docs/training.md).
+        # Sized for a CPU with progressive resizing: ResNet-50 keeps the 3x3 stride-1 stem up to
+        # 64 px (10.4 GFLOPs an image), so 14 epochs of batch 128 at 64 px would take two
+        # hours at an AMX host's 24 img/s. The first eight run at 32 px (80 img/s), the next
+        # three at 48 px (42 img/s), the last three at full size: an hour, 81.0% with TTA on
+        # seed 0 (docs/results.md). On a GPU, `--epochs 80 --set epoch_sizes=` trains at 64 px.
         Recipe(
             name="butterfly_resnet50",
             model="resnet50",
             **BUTTERFLY_64PX,
-            epochs=80,
+            epochs=14,
+            epoch_sizes=(32, 32, 32, 32, 32, 32, 32, 32, 48, 48, 48),
             batch_size=128,
-            optimizer="adamw",
-            lr=2e-3,
-            beta2=0.999,
-            weight_decay=0.05,
-            schedule="cosine",
+            lr=0.1,
             warmup_epochs=3.0,
             label_smoothing=0.1,
-            ema_decay=0.999,
             crop_padding=6,
-            cutout=16,
-            amp="auto",
-            channels_last=True,
+            **CPU_ONECYCLE,
         ),
     )
 }
