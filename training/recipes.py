@@ -743,7 +743,7 @@ RECIPES: dict[str, Recipe] = {
             model="resnet50",
             **BUTTERFLY_64PX,
             epochs=14,
-            epoch_sizes=(32, 32, 32, 32, 32, 32, 32, 32, 48, 48, 48),
+            epoch_sizes=(32,) * 8 + (48,) * 3,
             batch_size=128,
             lr=0.1,
             warmup_epochs=3.0,
